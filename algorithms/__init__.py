@@ -1,0 +1,1 @@
+"""Runtime-agnostic decoding cores: they see token ids and logits, never a runtime."""

@@ -1,0 +1,74 @@
+"""Model session: a batch of sequences whose KV cache the runtime adapter owns.
+
+Loop-style cores (speculative verification, beam search, DeAL) drive a model only through this contract:
+
+* ``append(tokens)`` feeds a block of ``k`` tokens to every row and returns the next-token logits at each of the
+  ``k`` positions, computed in one forward pass. One pass for a whole block is what makes verification cheap.
+* ``truncate(length)`` rolls every row back to ``length`` tokens (KV rollback after rejected drafts).
+* ``select(rows)`` keeps, reorders or duplicates rows (beam search forks and prunes with it).
+* ``fork()`` returns an independent session with the same state (tree branches, lookahead).
+
+Logits are float32 torch tensors on CPU or on the model's device. Rows always have the same length: the prompt
+may be left-padded by the adapter, which hides the padding from the core.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+import torch
+
+from .errors import RuntimeAdapterError
+
+
+class ModelSession(abc.ABC):
+    """A batch of token sequences in a model, with a KV cache that can grow, shrink, fork and be reordered."""
+
+    #: size of the logits' last dimension
+    vocab_size: int
+    #: token ids that end a sequence
+    eos_token_ids: frozenset[int]
+
+    @property
+    @abc.abstractmethod
+    def batch_size(self) -> int:
+        """Number of rows (sequences)."""
+
+    @property
+    @abc.abstractmethod
+    def length(self) -> int:
+        """Tokens held per row, prompt included (padding excluded)."""
+
+    @abc.abstractmethod
+    def tokens(self, row: int = 0) -> list[int]:
+        """The token ids of one row, prompt included."""
+
+    @abc.abstractmethod
+    def append(self, tokens: torch.Tensor | Sequence[Sequence[int]]) -> torch.Tensor:
+        """Feed ``tokens`` (shape ``(batch, k)``, ``k >= 1``) and return logits of shape ``(batch, k, vocab)``.
+
+        ``logits[b, i]`` is the next-token distribution after row ``b``'s token ``i``.
+        """
+
+    @abc.abstractmethod
+    def truncate(self, length: int) -> None:
+        """Drop every token at position ``>= length`` in all rows (``length`` at least the prompt's)."""
+
+    def select(self, rows: Sequence[int]) -> None:
+        """Keep the given rows, in that order; a row may repeat (beam fork) or vanish (prune)."""
+        raise RuntimeAdapterError(f"{type(self).__name__} holds one sequence and cannot select rows {list(rows)}")
+
+    def fork(self) -> ModelSession:
+        """An independent copy of this session."""
+        raise RuntimeAdapterError(f"{type(self).__name__} cannot fork")
+
+
+def as_token_block(tokens: torch.Tensor | Sequence[Sequence[int]], batch_size: int) -> torch.Tensor:
+    """Validate and convert a block of tokens to a ``(batch, k)`` int64 tensor."""
+    block = tokens if isinstance(tokens, torch.Tensor) else torch.tensor(tokens, dtype=torch.long)
+    if block.dim() == 1:
+        block = block.unsqueeze(0)
+    if block.dim() != 2 or block.shape[0] != batch_size or block.shape[1] < 1:
+        raise ValueError(f"expected a token block of shape ({batch_size}, k>=1), got {tuple(block.shape)}")
+    return block.to(torch.long)

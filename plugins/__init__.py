@@ -1,0 +1,1 @@
+"""Runtime adapters: each subpackage imports its runtime only when used."""

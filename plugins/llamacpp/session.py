@@ -1,0 +1,96 @@
+"""Model session over a llama-cpp-python ``Llama``: one sequence, prefix reuse, rollback by ``n_tokens``.
+
+A block is decoded in one ``llama_decode`` call with logits requested at every position (so a draft is verified
+in one pass even when the Llama was built without ``logits_all``); a single token asks for one row of logits,
+as llama.cpp's own generation loop does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from anydecode.algorithms.contracts.errors import RuntimeAdapterError
+from anydecode.algorithms.contracts.session import ModelSession, as_token_block
+
+from ._runtime import check_llama, import_llama_cpp
+
+
+class LlamaSession(ModelSession):
+    """One sequence in a ``Llama``'s context. ``start(prompt)`` returns the logits after the prompt."""
+
+    def __init__(self, llm):
+        check_llama(llm)
+        self.llm = llm
+        self._lib = import_llama_cpp()
+        self.vocab_size = int(llm.n_vocab())
+        self.eos_token_ids = frozenset({int(llm.token_eos())})
+        self.prompt_length = 0
+        self.forward_passes = 0
+
+    @property
+    def batch_size(self) -> int:
+        return 1
+
+    @property
+    def length(self) -> int:
+        return int(self.llm.n_tokens)
+
+    def tokens(self, row: int = 0) -> list[int]:
+        return [int(t) for t in self.llm.input_ids[: self.llm.n_tokens]]
+
+    def start(self, prompt: Sequence[int]) -> torch.Tensor:
+        """Put ``prompt`` in the context (reusing the longest common prefix already there); logits ``(1, V)``."""
+        prompt = [int(t) for t in prompt]
+        if not prompt:
+            raise RuntimeAdapterError("the prompt is empty: llama.cpp needs at least one token")
+        if len(prompt) >= self.llm.n_ctx():
+            raise RuntimeAdapterError(f"prompt of {len(prompt)} tokens does not fit n_ctx={self.llm.n_ctx()}")
+        held = self.llm.input_ids[: self.llm.n_tokens]
+        keep = 0
+        for a, b in zip(held, prompt[:-1]):
+            if int(a) != b:
+                break
+            keep += 1
+        self.llm.n_tokens = keep
+        self.prompt_length = len(prompt)
+        return self._decode(prompt[keep:], all_logits=False)
+
+    def append(self, tokens: torch.Tensor | Sequence[Sequence[int]]) -> torch.Tensor:
+        block = as_token_block(tokens, 1)[0].tolist()
+        if self.llm.n_tokens + len(block) > self.llm.n_ctx():
+            raise RuntimeAdapterError(
+                f"context full: {self.llm.n_tokens} + {len(block)} tokens exceed n_ctx={self.llm.n_ctx()}"
+            )
+        logits = self._decode(block, all_logits=len(block) > 1)
+        return logits.unsqueeze(0)
+
+    def truncate(self, length: int) -> None:
+        if not 0 <= length <= self.llm.n_tokens:
+            raise RuntimeAdapterError(f"cannot truncate to {length}: the session holds {self.llm.n_tokens} tokens")
+        self.llm.n_tokens = length  # the next decode drops KV entries at positions >= length
+
+    def _decode(self, tokens: list[int], all_logits: bool) -> torch.Tensor:
+        """Decode ``tokens`` after the current position; logits for each token (or the last only)."""
+        llm, lib = self.llm, self._lib
+        n_past = int(llm.n_tokens)
+        llm._ctx.kv_cache_seq_rm(-1, n_past, -1)
+        rows = []
+        for start in range(0, len(tokens), llm.n_batch):
+            chunk = tokens[start: start + llm.n_batch]
+            last_chunk = start + llm.n_batch >= len(tokens)
+            llm._batch.set_batch(batch=chunk, n_past=n_past, logits_all=all_logits)
+            llm._ctx.decode(llm._batch)
+            self.forward_passes += 1
+            llm.input_ids[n_past: n_past + len(chunk)] = chunk
+            n_past += len(chunk)
+            llm.n_tokens = n_past
+            if all_logits:
+                ptr = lib.llama_get_logits(llm._ctx.ctx)
+                rows.append(np.ctypeslib.as_array(ptr, shape=(len(chunk), self.vocab_size)).copy())
+            elif last_chunk:
+                ptr = lib.llama_get_logits_ith(llm._ctx.ctx, -1)
+                rows.append(np.ctypeslib.as_array(ptr, shape=(1, self.vocab_size)).copy())
+        return torch.from_numpy(np.concatenate(rows, axis=0))
