@@ -14,7 +14,7 @@ import torch
 from .contracts.config import DecoderConfig, SamplingConfig
 from .contracts.decoder import DecodeContext, DecodeResult, Decoder
 from .contracts.errors import ConfigError
-from .contracts.transform import IdentityTransform, LogitsTransform
+from .contracts.transform import ChainTransform, IdentityTransform, LogitsTransform
 from .sampling.select import TokenSelector
 
 
@@ -28,6 +28,9 @@ def selector_for(config: DecoderConfig) -> TokenSelector:
 def run_transform_decoder(decoder: Decoder, config: DecoderConfig, ctx: DecodeContext) -> DecodeResult:
     """Run a transform decoder on ``ctx.session`` (which holds the prompts; ``ctx.prompt_logits`` follow them)."""
     transform = decoder.transform(config, ctx)
+    pre = ctx.extra.get("pre_transform")
+    if pre is not None:  # the runtime's own processors (repetition penalty, ...) come first
+        transform = ChainTransform([pre, transform])
     return autoregressive(ctx, transform, selector_for(config))
 
 
@@ -40,6 +43,7 @@ def autoregressive(ctx: DecodeContext, transform: LogitsTransform, selector: Tok
     batch = session.batch_size
     eos = ctx.eos_token_ids
     identity = isinstance(transform, IdentityTransform)
+    stop_check = ctx.extra.get("stop_check")
     states = [transform.start(list(p)) for p in ctx.prompts]
     generated: list[list[int]] = [[] for _ in range(batch)]
     reasons: list[str | None] = [None] * batch
@@ -71,7 +75,7 @@ def autoregressive(ctx: DecodeContext, transform: LogitsTransform, selector: Tok
             generated[b].append(token)
             if ctx.on_token is not None:
                 ctx.on_token(b, token)
-            if token in eos:
+            if token in eos or (stop_check is not None and stop_check(b, generated[b])):
                 reasons[b] = "stop"
         if all(r is not None for r in reasons) or _step == ctx.max_new_tokens - 1:
             break

@@ -1,0 +1,103 @@
+"""``anydecode.plugins.llamacpp.generate``: any registered decoder on a llama-cpp-python ``Llama``.
+
+    llm = anydecode.plugins.llamacpp.load_default()
+    out = anydecode.plugins.llamacpp.generate(llm, "Hello", decoder="sample", temperature=0.7, seed=1)
+    out.text, out.token_ids, out.stats
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from anydecode.algorithms.contracts.decoder import DecodeContext, Decoder
+from anydecode.algorithms.contracts.errors import ConfigError
+
+from .._common import resolve_decoder
+from ._runtime import import_llama_cpp
+from .session import LlamaSession
+from .text import LlamaTokenizer, StreamDecoder, prompt_ids
+
+
+@dataclasses.dataclass
+class SequenceOutput:
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    score: float | None = None
+
+
+@dataclasses.dataclass
+class GenerationOutput:
+    """The first (best) sequence's text and ids, every returned sequence, and the decoder's statistics."""
+
+    text: str
+    token_ids: list[int]
+    decoder: str
+    finish_reason: str
+    stats: dict[str, Any]
+    sequences: list[SequenceOutput]
+    prompt_token_ids: list[int]
+
+
+def load_default(n_ctx: int = 4096, n_threads: int | None = None, **kwargs: Any) -> Any:
+    """A ``Llama`` on the embedded default model (quiet, CPU)."""
+    from anydecode.models import check_gguf, default_gguf_path
+
+    llama_cpp = import_llama_cpp()
+    path = kwargs.pop("model_path", None)
+    path = check_gguf(path) if path else default_gguf_path()
+    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads,
+                           verbose=kwargs.pop("verbose", False), **kwargs)
+
+
+def generate(llm: Any, prompt: str | Sequence[int], decoder: str | Decoder = "greedy", max_new_tokens: int = 128,
+             *, chat: bool = False, on_text: Callable[[str], None] | None = None,
+             decoder_config: dict[str, Any] | None = None, **settings: Any) -> GenerationOutput:
+    """Generate from ``prompt`` (text or token ids) with ``decoder`` and its ``settings``."""
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+        raise ConfigError(f"max_new_tokens={max_new_tokens!r} must be an int >= 0")
+    dec, config = resolve_decoder(decoder, {**settings, **(decoder_config or {})})
+    session = LlamaSession(llm)
+    ids = prompt_ids(llm, prompt, chat=chat)
+    logits = session.start(ids)
+    stream = StreamDecoder(llm) if on_text is not None else None
+
+    def on_token(row: int, token: int) -> None:
+        if stream is not None and row == 0 and token not in session.eos_token_ids:
+            piece = stream.push(token)
+            if piece:
+                on_text(piece)
+
+    tokenizer = LlamaTokenizer(llm)
+    ctx = DecodeContext(
+        vocab_size=session.vocab_size,
+        eos_token_ids=session.eos_token_ids,
+        tokenizer=tokenizer,
+        runtime="llamacpp",
+        session=session,
+        prompts=[ids],
+        prompt_logits=logits,
+        max_new_tokens=max_new_tokens,
+        on_token=on_token if stream is not None and dec.kind == "transform" else None,
+        extra={"llama": llm},
+    )
+    result = dec.run(config, ctx)
+    result.stats["target_forward_passes"] = session.forward_passes
+    result.stats["prompt_tokens"] = len(ids)
+    seqs = []
+    for i, seq in enumerate(result.sequences):
+        body = [t for t in seq if t not in session.eos_token_ids]
+        seqs.append(SequenceOutput(
+            text=tokenizer.decode(body, skip_special_tokens=True),
+            token_ids=list(seq),
+            finish_reason=result.finish_reasons[i],
+            score=result.scores[i] if result.scores is not None else None,
+        ))
+    if stream is not None and dec.kind == "loop" and seqs:
+        on_text(seqs[0].text)
+    first = seqs[0] if seqs else SequenceOutput("", [], "length")
+    return GenerationOutput(text=first.text, token_ids=first.token_ids, decoder=dec.name,
+                            finish_reason=first.finish_reason, stats=result.stats, sequences=seqs,
+                            prompt_token_ids=ids)
