@@ -1,0 +1,272 @@
+"""The speculative decoding loop on a model session: draft, verify every row's draft in one target forward,
+commit, roll back.
+
+Rows of a batch accept different numbers of tokens, but a session truncates all rows to one length. The loop
+therefore keeps the common verified prefix in the cache and, per row, the committed tokens beyond it
+("pending"); the next block of each row is its pending tokens followed by its new draft. Tree drafts are verified
+on copies of the row, one per root-to-leaf path (``ModelSession.select``); on a session that cannot select rows
+only each tree's first-child chain is verified.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..contracts.config import SamplingConfig
+from ..contracts.decoder import DecodeContext, DecodeResult
+from ..contracts.errors import ConfigError
+from ..contracts.session import ModelSession
+from ..sampling.warpers import warped_probs
+from .draft import Draft, Drafter
+from .verify import Coins, SeededCoins, verify_chain, verify_chain_greedy, verify_tree
+
+
+def can_select(session: ModelSession) -> bool:
+    return type(session).select is not ModelSession.select
+
+
+def clean_draft(draft: Draft, limit: int, eos: frozenset[int]) -> Draft:
+    """Cut a draft to ``limit`` nodes and, for a chain, after its first EOS (nothing follows an EOS)."""
+    draft = draft.cut(max(limit, 0))
+    if draft.is_chain and eos:
+        for i, token in enumerate(draft.tokens):
+            if token in eos:
+                return draft.cut(i + 1)
+    return draft
+
+
+def _as_chain(draft: Draft) -> Draft:
+    if draft.is_chain:
+        return Draft(list(draft.tokens), None, draft.q)
+    path = draft.main_path()
+    q = None if draft.q is None else draft.q[path]
+    return Draft([draft.tokens[i] for i in path], None, q)
+
+
+class _Step:
+    """What one verification step decided for each row."""
+
+    def __init__(self, rows: int):
+        self.accepted_nodes: list[list[int]] = [[] for _ in range(rows)]
+        self.accepted_tokens: list[list[int]] = [[] for _ in range(rows)]
+        self.next_tokens: list[int] = [0] * rows
+        self.logits: torch.Tensor | None = None  # (rows, W + 1, vocab): before the block, then after each token
+        self.width = 0
+
+
+class SpeculativeLoop:
+    """Runs one ``generate`` call: a drafter, the target session and the user's sampling settings."""
+
+    def __init__(self, ctx: DecodeContext, drafter: Drafter, sampling: SamplingConfig, coins: Coins | None = None):
+        if ctx.session is None or ctx.prompt_logits is None:
+            raise ConfigError("speculative decoding needs a model session and the logits after the prompt")
+        if ctx.max_new_tokens < 0:
+            raise ConfigError(f"max_new_tokens={ctx.max_new_tokens} must be >= 0")
+        self.ctx = ctx
+        self.session = ctx.session
+        self.drafter = drafter
+        self.sampling = sampling
+        self.greedy = sampling.greedy
+        self.coins = coins if coins is not None else SeededCoins(sampling.seed)
+        self.eos = frozenset(ctx.eos_token_ids)
+        self.pad = min(self.eos) if self.eos else 0
+        self.use_trees = drafter.tree and can_select(self.session)
+
+    # -- verification of one step ----------------------------------------------------------------------------------
+    def _block(self, rows: Sequence[list[int]]) -> tuple[torch.Tensor | None, int]:
+        width = max((len(r) for r in rows), default=0)
+        if width == 0:
+            return None, 0
+        block = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        for i, r in enumerate(rows):
+            if r:
+                block[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+                block[i, len(r):] = r[-1]
+        return block, width
+
+    def _forward(self, prev: torch.Tensor, rows: Sequence[list[int]]) -> tuple[torch.Tensor, int]:
+        block, width = self._block(rows)
+        if block is None:
+            return prev.unsqueeze(1), 0
+        out = self.session.append(block)
+        self.forward_passes += 1
+        return torch.cat([prev.unsqueeze(1).to(out.dtype), out], dim=1), width
+
+    def _chain_step(self, prev: torch.Tensor, pending: list[list[int]], drafts: list[Draft],
+                    active: list[bool]) -> _Step:
+        rows = len(drafts)
+        step = _Step(rows)
+        blocks = [pending[b] + drafts[b].tokens if active[b] else [] for b in range(rows)]
+        seq, width = self._forward(prev, blocks)
+        step.logits, step.width = seq, width
+        lengths = torch.tensor([len(d) if active[b] else 0 for b, d in enumerate(drafts)], dtype=torch.long)
+        depth = int(lengths.max()) if rows else 0
+        starts = torch.tensor([len(p) if active[b] else 0 for b, p in enumerate(pending)], dtype=torch.long)
+        index = (starts.unsqueeze(1) + torch.arange(depth + 1).unsqueeze(0)).clamp(max=width)
+        draft_t = torch.zeros(rows, depth, dtype=torch.long)
+        for b, d in enumerate(drafts):
+            if active[b] and len(d):
+                draft_t[b, : len(d)] = torch.tensor(d.tokens, dtype=torch.long)
+        if self.greedy:
+            targets = seq.argmax(dim=-1).gather(1, index)
+            n, nxt = verify_chain_greedy(draft_t, lengths, targets)
+        else:
+            sel = seq.gather(1, index.unsqueeze(-1).expand(-1, -1, seq.shape[-1]))
+            p = warped_probs(sel, self.sampling)
+            q = None
+            if not self.drafter.deterministic:
+                q = torch.zeros(rows, depth, seq.shape[-1], dtype=torch.float64)
+                for b, d in enumerate(drafts):
+                    if active[b] and len(d):
+                        if d.q is None:
+                            raise ConfigError(f"drafter {type(self.drafter).__name__} samples but gave no q")
+                        q[b, : len(d)] = d.q.to(torch.float64)
+            n, nxt = verify_chain(draft_t, lengths, p, q, self.coins)
+        for b in range(rows):
+            k = int(n[b])
+            step.accepted_nodes[b] = list(range(k))
+            step.accepted_tokens[b] = drafts[b].tokens[:k]
+            step.next_tokens[b] = int(nxt[b])
+        return step
+
+    def _tree_step(self, prev: torch.Tensor, pending: list[list[int]], drafts: list[Draft],
+                   active: list[bool]) -> _Step:
+        rows = len(drafts)
+        step = _Step(rows)
+        expanded: list[int] = []  # session row -> original row
+        paths: list[list[int]] = []
+        for b in range(rows):
+            row_paths = drafts[b].paths() if active[b] and len(drafts[b]) else [[]]
+            for path in row_paths:
+                expanded.append(b)
+                paths.append(path)
+        self.session.select(expanded)
+        blocks = [pending[b] + [drafts[b].tokens[i] for i in path] if active[b] else []
+                  for b, path in zip(expanded, paths)]
+        seq, width = self._forward(prev[expanded], blocks)
+        winners: list[int] = []
+        for b in range(rows):
+            mine = [r for r, owner in enumerate(expanded) if owner == b]
+            if not active[b]:
+                winners.append(mine[0])
+                continue
+            start = len(pending[b])
+            where: dict[int, tuple[int, int]] = {}
+            for r in mine:
+                for depth, node in enumerate(paths[r]):
+                    where.setdefault(node, (r, start + depth + 1))
+            cache: dict[int, torch.Tensor] = {}
+
+            def dist_at(node: int, _mine: list[int] = mine, _where: dict = where, _start: int = start,
+                        _cache: dict = cache) -> torch.Tensor | None:
+                if node in _cache:
+                    return _cache[node]
+                r, pos = (_mine[0], _start) if node < 0 else _where.get(node, (-1, -1))
+                if r < 0:
+                    return None
+                vec = seq[r, pos]
+                vec = vec if self.greedy else warped_probs(vec, self.sampling)
+                _cache[node] = vec
+                return vec
+
+            d = drafts[b]
+            q = None if self.drafter.deterministic or d.q is None else d.q.to(torch.float64)
+            path, token = verify_tree(d.tokens, d.node_parents(), q, dist_at, self.coins, self.greedy)
+            winner = next((r for r in mine if paths[r][: len(path)] == path), mine[0])
+            winners.append(winner)
+            step.accepted_nodes[b] = path
+            step.accepted_tokens[b] = [d.tokens[i] for i in path]
+            step.next_tokens[b] = token
+        self.session.select(winners)
+        step.logits, step.width = seq[winners], width
+        return step
+
+    # -- the loop -------------------------------------------------------------------------------------------------
+    def run(self) -> DecodeResult:
+        ctx, session = self.ctx, self.session
+        rows = session.batch_size
+        prompts = [list(p) for p in ctx.prompts] if ctx.prompts else [session.tokens(b) for b in range(rows)]
+        self.drafter.start(prompts)
+        generated: list[list[int]] = [[] for _ in range(rows)]
+        reasons: list[str | None] = [None if ctx.max_new_tokens > 0 else "length" for _ in range(rows)]
+        pending: list[list[int]] = [[] for _ in range(rows)]
+        prev = ctx.prompt_logits
+        assert prev is not None
+        self.forward_passes = 0
+        drafted = accepted = steps = 0
+        started = time.perf_counter()
+        while True:
+            active = [r is None for r in reasons]
+            if not any(active):
+                break
+            limits = [max(0, ctx.max_new_tokens - len(generated[b]) - 1) if active[b] else 0 for b in range(rows)]
+            contexts = [prompts[b] + generated[b] for b in range(rows)]
+            proposed = self.drafter.propose(contexts, limits)
+            drafts = [clean_draft(proposed[b], limits[b], self.eos) if active[b] else Draft() for b in range(rows)]
+            if self.use_trees and any(len(d) and not d.is_chain for d in drafts):
+                step = self._tree_step(prev, pending, drafts, active)
+            else:
+                step = self._chain_step(prev, pending, [_as_chain(d) for d in drafts], active)
+            steps += 1
+            keep = []
+            for b in range(rows):
+                if not active[b]:
+                    continue
+                drafted += len(drafts[b])
+                accepted += len(step.accepted_nodes[b])
+                self.drafter.feedback(b, drafts[b], step.accepted_nodes[b])
+                emitted = step.accepted_tokens[b] + [step.next_tokens[b]]
+                for i, token in enumerate(emitted):
+                    if token in self.eos:
+                        emitted = emitted[: i + 1]
+                        reasons[b] = "stop"
+                        break
+                room = ctx.max_new_tokens - len(generated[b])
+                if len(emitted) >= room:
+                    emitted = emitted[:room]
+                    reasons[b] = reasons[b] or "length"
+                generated[b].extend(emitted)
+                if ctx.on_token is not None:
+                    for token in emitted:
+                        ctx.on_token(b, token)
+                if reasons[b] is None:
+                    keep.append(len(pending[b]) + len(step.accepted_tokens[b]))
+            if not keep:
+                break
+            # keep the prefix every live row verified in the cache; the rest of each row becomes pending
+            common = min(keep)
+            drop = step.width - common
+            if drop > 0:
+                session.truncate(session.length - drop)
+            assert step.logits is not None
+            prev = step.logits[:, common]
+            for b in range(rows):
+                if reasons[b] is None:
+                    pending[b] = (pending[b] + step.accepted_tokens[b])[common:] + [step.next_tokens[b]]
+                else:
+                    pending[b] = []
+        final = [r or "length" for r in reasons]
+        stats: dict[str, Any] = {
+            "new_tokens": sum(len(g) for g in generated),
+            "forward_passes": self.forward_passes,
+            "steps": steps,
+            "drafted": drafted,
+            "accepted": accepted,
+            "acceptance_rate": accepted / drafted if drafted else 0.0,
+            "tokens_per_forward": sum(len(g) for g in generated) / max(self.forward_passes, 1),
+            "decode_seconds": time.perf_counter() - started,
+        }
+        draft_forwards = getattr(self.drafter, "forward_passes", None)
+        if draft_forwards is not None:
+            stats["draft_forward_passes"] = draft_forwards
+        return DecodeResult(sequences=generated, prompt_rows=list(range(rows)), finish_reasons=final, stats=stats)
+
+
+def speculative_decode(ctx: DecodeContext, drafter: Drafter, sampling: SamplingConfig,
+                       coins: Coins | None = None) -> DecodeResult:
+    """Generate with speculative decoding: lossless for any drafter, identical to greedy when temperature is 0."""
+    return SpeculativeLoop(ctx, drafter, sampling, coins).run()

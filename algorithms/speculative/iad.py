@@ -1,0 +1,138 @@
+"""Input-guided Aggressive Decoding (Sun et al. 2021; Ge et al. 2022): draft the whole remaining input from the
+aligned position; after a mismatch, re-align once the last generated tokens match a unique input position.
+
+Made for tasks whose output mostly copies the input (grammar correction, editing). The input span is the prompt,
+or a ``source`` text (or ``source_ids``) given by the user. With greedy verification the output is identical to
+greedy decoding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..contracts.config import DecoderConfig, config_field
+from ..contracts.errors import ConfigError
+from .draft import Draft, Drafter
+
+
+@dataclasses.dataclass(frozen=True)
+class IADConfig(DecoderConfig):
+    """Settings of the Input-guided Aggressive Decoding drafter."""
+
+    owner = "drafter"
+
+    source: str | None = config_field(None, help="the input span as text (default: the prompt)")
+    source_ids: tuple[int, ...] | None = config_field(None, help="the input span as token ids (default: the prompt)")
+    max_draft_tokens: int = config_field(64, ge=1, help="most input tokens drafted per step")
+    max_match_ngram: int = config_field(3, ge=1, help="longest generated suffix used to re-align with the input")
+    adaptive: bool = config_field(True, help="shorten drafts after early mismatches, regrow them after full acceptance")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.source is not None and self.source_ids is not None:
+            raise ConfigError("give the iad input span as source (text) or source_ids, not both")
+        if self.source is not None and not self.source.strip():
+            raise ConfigError(f"iad: the input span source={self.source!r} is empty; give the text the output edits")
+        if self.source_ids is not None and len(self.source_ids) == 0:
+            raise ConfigError("iad: the input span source_ids=() is empty; give the token ids the output edits")
+
+
+def encode_text(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` without special tokens (transformers tokenizers) or as the tokenizer gives them."""
+    if tokenizer is None:
+        raise ConfigError("iad: source text needs the runtime's tokenizer; pass source_ids instead")
+    try:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+    except TypeError:
+        ids = tokenizer.encode(text)
+    return [int(t) for t in ids]
+
+
+@dataclasses.dataclass
+class _Alignment:
+    source: np.ndarray
+    prompt_length: int
+    position: int | None
+    seen: int
+    cap: int
+
+
+class IADDrafter(Drafter):
+    """Copies the input span from the aligned position; re-aligns on a unique n-gram of the generated suffix."""
+
+    def __init__(self, config: IADConfig, tokenizer: Any = None):
+        self.config = config
+        self.fixed_source: list[int] | None = None
+        if config.source_ids is not None:
+            self.fixed_source = [int(t) for t in config.source_ids]
+        elif config.source is not None:
+            self.fixed_source = encode_text(tokenizer, config.source)
+            if not self.fixed_source:
+                raise ConfigError(f"iad: the input span source={config.source!r} encodes to no tokens")
+        self.rows: list[_Alignment] = []
+
+    def start(self, prompts: Sequence[Sequence[int]]) -> None:
+        self.rows = []
+        for prompt in prompts:
+            span = self.fixed_source if self.fixed_source is not None else [int(t) for t in prompt]
+            if not span:
+                raise ConfigError("iad: the input span is empty (empty prompt and no source); nothing to copy")
+            self.rows.append(_Alignment(
+                source=np.asarray(span, dtype=np.int64),
+                prompt_length=len(prompt),
+                # a given source is what the output starts from; a prompt holds instructions first, so wait for
+                # the generated text to point at its position
+                position=0 if self.fixed_source is not None else None,
+                seen=len(prompt),
+                cap=self.config.max_draft_tokens,
+            ))
+
+    def _realign(self, state: _Alignment, generated: np.ndarray) -> int | None:
+        """The input position after the shortest generated suffix (1..max_match_ngram tokens) found exactly once."""
+        src = state.source
+        for n in range(1, self.config.max_match_ngram + 1):
+            if generated.shape[0] < n or src.shape[0] < n:
+                return None
+            windows = np.lib.stride_tricks.sliding_window_view(src, n)
+            hits = np.flatnonzero((windows == generated[-n:]).all(axis=1))
+            if hits.size == 0:
+                return None
+            if hits.size == 1:
+                return int(hits[0]) + n
+        return None
+
+    def propose(self, contexts: Sequence[Sequence[int]], limits: Sequence[int]) -> list[Draft]:
+        out = []
+        for row, (context, limit) in enumerate(zip(contexts, limits)):
+            state = self.rows[row]
+            new = np.asarray(context[state.seen:], dtype=np.int64)
+            if state.position is not None and new.size:
+                expected = state.source[state.position: state.position + new.size]
+                if expected.shape == new.shape and bool((expected == new).all()):
+                    state.position += int(new.size)
+                else:
+                    state.position = None
+            if state.position is None and len(context) > state.prompt_length:
+                generated = np.asarray(context[state.prompt_length:], dtype=np.int64)
+                state.position = self._realign(state, generated)
+            state.seen = len(context)
+            want = min(limit, state.cap)
+            if state.position is None or want <= 0:
+                out.append(Draft())
+                continue
+            out.append(Draft(state.source[state.position: state.position + want].tolist()))
+        return out
+
+    def feedback(self, row: int, draft: Draft, accepted_path: Sequence[int]) -> None:
+        if not self.config.adaptive or not len(draft):
+            return
+        state = self.rows[row]
+        accepted = len(accepted_path)
+        if accepted < len(draft):
+            state.cap = min(self.config.max_draft_tokens, max(8, 2 * (accepted + 1)))
+        else:
+            state.cap = min(self.config.max_draft_tokens, 2 * state.cap)

@@ -1,0 +1,181 @@
+"""Lossless verification of drafts: chain (Leviathan et al. 2023) and tree (SpecInfer multi-step speculative
+sampling, Miao et al. 2024), greedy and stochastic.
+
+The target distribution ``p`` is what the user's sampler draws from (temperature, top-k, top-p applied to the
+target's logits); ``q`` is exactly the distribution each draft token was drawn from, or ``None`` for a
+deterministic drafter (q is then the one-hot of the drafted token). Randomness comes from a :class:`Coins` object,
+so a test can replace it by one that enumerates every outcome with its probability (``exact.enumerate_outcomes``).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ..sampling.select import categorical, make_generator
+
+
+class Coins(abc.ABC):
+    """The random decisions verification makes: biased coin flips and categorical draws."""
+
+    @abc.abstractmethod
+    def accept(self, prob: torch.Tensor) -> torch.Tensor:
+        """A bool tensor shaped like ``prob``: each entry True with that probability (0 and 1 are certain)."""
+
+    @abc.abstractmethod
+    def choose(self, probs: torch.Tensor) -> torch.Tensor:
+        """One index per row of ``probs`` (shape ``(n, vocab)``, rows summing to 1)."""
+
+
+class SeededCoins(Coins):
+    """Coins from a seeded torch generator of their own (never torch's global stream)."""
+
+    def __init__(self, seed: int | None = None, generator: torch.Generator | None = None):
+        self.generator = generator if generator is not None else make_generator(seed)
+
+    def accept(self, prob: torch.Tensor) -> torch.Tensor:
+        u = torch.rand(prob.shape, generator=self.generator, dtype=torch.float64)
+        return u < prob.to(torch.float64)
+
+    def choose(self, probs: torch.Tensor) -> torch.Tensor:
+        return categorical(probs, self.generator)
+
+
+def residual_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``normalise(max(0, p - q))`` over the last dimension: what is sampled after a rejection.
+
+    Where ``p - q`` has no positive mass (only possible by rounding, since a rejection then has probability 0)
+    the row falls back to ``p``.
+    """
+    diff = (p - q).clamp_min(0.0)
+    total = diff.sum(dim=-1, keepdim=True)
+    return torch.where(total > 0, diff / total.clamp_min(torch.finfo(diff.dtype).tiny), p)
+
+
+def acceptance_probability(px: torch.Tensor, qx: torch.Tensor | None) -> torch.Tensor:
+    """``min(1, p(x) / q(x))``; ``qx=None`` is a deterministic draft (q(x) = 1)."""
+    if qx is None:
+        return px.clamp(0.0, 1.0)
+    ratio = px / qx.clamp_min(torch.finfo(px.dtype).tiny)
+    # a token the drafter could not have drawn (q(x) = 0) is never accepted
+    return torch.where(qx > 0, ratio.clamp(max=1.0), torch.zeros_like(ratio))
+
+
+def _draft_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
+
+
+def _leading_true(ok: torch.Tensor) -> torch.Tensor:
+    """Number of leading True entries of each row."""
+    if ok.shape[1] == 0:
+        return torch.zeros(ok.shape[0], dtype=torch.long)
+    return ok.to(torch.long).cumprod(dim=1).sum(dim=1)
+
+
+def verify_chain_greedy(draft: torch.Tensor, lengths: torch.Tensor,
+                        target_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy chain verification of a batch.
+
+    ``draft`` is ``(batch, D)`` (row ``b`` uses its first ``lengths[b]`` entries), ``target_tokens`` the target's
+    argmax at each draft position and one more, ``(batch, D + 1)``. Returns the number of accepted draft tokens
+    and the next token of each row (the target's own token at the first mismatch, or the bonus token).
+    """
+    width = draft.shape[1]
+    ok = (draft == target_tokens[:, :width]) & _draft_mask(lengths, width)
+    n = _leading_true(ok)
+    return n, target_tokens.gather(1, n.unsqueeze(1)).squeeze(1)
+
+
+def verify_chain(draft: torch.Tensor, lengths: torch.Tensor, p: torch.Tensor, q: torch.Tensor | None,
+                 coins: Coins) -> tuple[torch.Tensor, torch.Tensor]:
+    """Speculative sampling over a batch of chains (Leviathan et al. 2023, Algorithm 1).
+
+    ``p`` is ``(batch, D + 1, vocab)``: the target distribution at each draft position and after the last one;
+    ``q`` is ``(batch, D, vocab)`` or None for deterministic drafts. Draft token ``j`` is accepted with
+    probability ``min(1, p_j(x_j) / q_j(x_j))`` while every earlier one was; at the first rejection the next token
+    is drawn from ``normalise(max(0, p_n - q_n))``, and when all are accepted a bonus token is drawn from
+    ``p_len``. Every emitted token is then distributed exactly as ``p`` given the tokens before it.
+    """
+    batch, width = draft.shape
+    rows = torch.arange(batch)
+    if width:
+        px = p[:, :width].gather(-1, draft.unsqueeze(-1)).squeeze(-1)
+        qx = None if q is None else q.gather(-1, draft.unsqueeze(-1)).squeeze(-1)
+        valid = _draft_mask(lengths, width)
+        prob = torch.where(valid, acceptance_probability(px, qx), torch.zeros_like(px))
+        n = _leading_true(coins.accept(prob) & valid)
+    else:
+        n = torch.zeros(batch, dtype=torch.long)
+    final = p[rows, n]
+    rejected = n < lengths
+    if bool(rejected.any()):
+        at = n.clamp(max=max(width - 1, 0))
+        if q is None:
+            q_at = torch.nn.functional.one_hot(draft[rows, at], p.shape[-1]).to(p.dtype)
+        else:
+            q_at = q[rows, at]
+        final = torch.where(rejected.unsqueeze(1), residual_distribution(final, q_at), final)
+    return n, coins.choose(final)
+
+
+#: the distribution (or, when greedy, the logits) after a tree node; node ``-1`` is the root (the last committed
+#: token). None where the node was not evaluated: verification then stops at it.
+NodeDistribution = Callable[[int], "torch.Tensor | None"]
+
+
+def children_of(parents: Sequence[int]) -> dict[int, list[int]]:
+    """Children of each node in drafting order; the root is ``-1``."""
+    kids: dict[int, list[int]] = {}
+    for node, parent in enumerate(parents):
+        kids.setdefault(parent, []).append(node)
+    return kids
+
+
+def verify_tree(tokens: Sequence[int], parents: Sequence[int], q: torch.Tensor | None,
+                dist_at: NodeDistribution, coins: Coins | None, greedy: bool) -> tuple[list[int], int]:
+    """Walk a draft tree from the root; return the accepted nodes (a root-to-node path) and the next token.
+
+    Stochastic (SpecInfer multi-step speculative sampling): at a node, children ``x_1..x_m`` are tried in order,
+    each accepted with probability ``min(1, r(x_s) / q_s(x_s))`` where ``r`` starts as the target distribution and
+    becomes ``normalise(max(0, r - q_s))`` after each rejected child. The residual update is what makes the output
+    exactly ``p``; re-testing every child against the unchanged ``p`` is biased. If no child is accepted the next
+    token is drawn from ``r``. ``q[node]`` is the distribution the node's token was drawn from (siblings drawn
+    independently), or None for deterministic drafts (one-hot). Greedy: descend while a child equals the target's
+    argmax. An accepted child whose distribution was not evaluated becomes the next token.
+    """
+    kids = children_of(parents)
+    path: list[int] = []
+    node = -1
+    cur = dist_at(node)
+    if cur is None:
+        raise ValueError("the target distribution at the tree root is required")
+    while True:
+        options = kids.get(node, [])
+        if greedy:
+            target = int(torch.argmax(cur))
+            chosen = next((c for c in options if tokens[c] == target), None)
+            if chosen is None:
+                return path, target
+        else:
+            assert coins is not None
+            chosen = None
+            for child in options:
+                x = int(tokens[child])
+                q_child = None if q is None else q[child]
+                prob = acceptance_probability(cur[x], None if q_child is None else q_child[x])
+                if bool(coins.accept(prob)):
+                    chosen = child
+                    break
+                if q_child is None:
+                    q_child = torch.nn.functional.one_hot(torch.tensor(x), cur.shape[-1]).to(cur.dtype)
+                cur = residual_distribution(cur, q_child)
+            if chosen is None:
+                return path, int(coins.choose(cur.unsqueeze(0))[0])
+        following = dist_at(chosen)
+        if following is None:
+            return path, int(tokens[chosen])
+        path.append(chosen)
+        # at a leaf the next pass of the loop finds no children and draws the bonus token from ``following``
+        node, cur = chosen, following
