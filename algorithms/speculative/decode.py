@@ -47,6 +47,16 @@ def _as_chain(draft: Draft) -> Draft:
     return Draft([draft.tokens[i] for i in path], None, q)
 
 
+def _path_to(draft: Draft, node: int) -> list[int]:
+    """Nodes from the root down to ``node`` (inclusive); empty for the root."""
+    parents = draft.node_parents()
+    path = []
+    while node >= 0:
+        path.append(node)
+        node = parents[node]
+    return path[::-1]
+
+
 class _Step:
     """What one verification step decided for each row."""
 
@@ -75,6 +85,13 @@ class SpeculativeLoop:
         self.eos = frozenset(ctx.eos_token_ids)
         self.pad = min(self.eos) if self.eos else 0
         self.use_trees = drafter.tree and can_select(self.session)
+        #: a transform the adapter applies before sampling (transformers' repetition penalty, ...): applied to the
+        #: target's logits at every verified position, with that position's prefix
+        self.pre_transform = ctx.extra.get("pre_transform")
+        #: the user's stopping criteria: ``stop_check(row, generated) -> bool``
+        self.stop_check = ctx.extra.get("stop_check")
+        self.states: list[Any] = []
+        self.generated: list[list[int]] = []
 
     # -- verification of one step ----------------------------------------------------------------------------------
     def _block(self, rows: Sequence[list[int]]) -> tuple[torch.Tensor | None, int]:
@@ -111,11 +128,16 @@ class SpeculativeLoop:
         for b, d in enumerate(drafts):
             if active[b] and len(d):
                 draft_t[b, : len(d)] = torch.tensor(d.tokens, dtype=torch.long)
-        if self.greedy:
+        if self.greedy and self.pre_transform is None:
             targets = seq.argmax(dim=-1).gather(1, index)
             n, nxt = verify_chain_greedy(draft_t, lengths, targets)
+        elif self.greedy:
+            sel = self._transformed(seq.gather(1, index.unsqueeze(-1).expand(-1, -1, seq.shape[-1])), drafts, active)
+            n, nxt = verify_chain_greedy(draft_t, lengths, sel.argmax(dim=-1))
         else:
             sel = seq.gather(1, index.unsqueeze(-1).expand(-1, -1, seq.shape[-1]))
+            if self.pre_transform is not None:
+                sel = self._transformed(sel, drafts, active)
             p = warped_probs(sel, self.sampling)
             q = None
             if not self.drafter.deterministic:
@@ -132,6 +154,16 @@ class SpeculativeLoop:
             step.accepted_tokens[b] = drafts[b].tokens[:k]
             step.next_tokens[b] = int(nxt[b])
         return step
+
+    def _transformed(self, sel: torch.Tensor, drafts: list[Draft], active: list[bool]) -> torch.Tensor:
+        """The adapter's pre-sampling transform on each row's logits at each draft position."""
+        out = sel.clone()
+        for b, d in enumerate(drafts):
+            if not active[b]:
+                continue
+            for j in range(min(len(d), sel.shape[1] - 1) + 1):
+                out[b, j] = self.pre_transform.apply(self.states[b], self.generated[b] + d.tokens[:j], sel[b, j])
+        return out
 
     def _tree_step(self, prev: torch.Tensor, pending: list[list[int]], drafts: list[Draft],
                    active: list[bool]) -> _Step:
@@ -155,6 +187,7 @@ class SpeculativeLoop:
                 winners.append(mine[0])
                 continue
             start = len(pending[b])
+            d = drafts[b]
             where: dict[int, tuple[int, int]] = {}
             for r in mine:
                 for depth, node in enumerate(paths[r]):
@@ -169,11 +202,13 @@ class SpeculativeLoop:
                 if r < 0:
                     return None
                 vec = seq[r, pos]
+                if self.pre_transform is not None:
+                    prefix = self.generated[b] + [d.tokens[i] for i in _path_to(d, node)]
+                    vec = self.pre_transform.apply(self.states[b], prefix, vec)
                 vec = vec if self.greedy else warped_probs(vec, self.sampling)
                 _cache[node] = vec
                 return vec
 
-            d = drafts[b]
             q = None if self.drafter.deterministic or d.q is None else d.q.to(torch.float64)
             path, token = verify_tree(d.tokens, d.node_parents(), q, dist_at, self.coins, self.greedy)
             winner = next((r for r in mine if paths[r][: len(path)] == path), mine[0])
@@ -192,6 +227,9 @@ class SpeculativeLoop:
         prompts = [list(p) for p in ctx.prompts] if ctx.prompts else [session.tokens(b) for b in range(rows)]
         self.drafter.start(prompts)
         generated: list[list[int]] = [[] for _ in range(rows)]
+        self.generated = generated
+        if self.pre_transform is not None:
+            self.states = [self.pre_transform.start(p) for p in prompts]
         reasons: list[str | None] = [None if ctx.max_new_tokens > 0 else "length" for _ in range(rows)]
         pending: list[list[int]] = [[] for _ in range(rows)]
         prev = ctx.prompt_logits
@@ -225,6 +263,12 @@ class SpeculativeLoop:
                         emitted = emitted[: i + 1]
                         reasons[b] = "stop"
                         break
+                if self.stop_check is not None:
+                    for i in range(len(emitted)):
+                        if self.stop_check(b, generated[b] + emitted[: i + 1]):
+                            emitted = emitted[: i + 1]
+                            reasons[b] = "stop"
+                            break
                 room = ctx.max_new_tokens - len(generated[b])
                 if len(emitted) >= room:
                     emitted = emitted[:room]
@@ -250,6 +294,9 @@ class SpeculativeLoop:
                 else:
                     pending[b] = []
         final = [r or "length" for r in reasons]
+        if self.pre_transform is not None:
+            for b in range(rows):
+                self.pre_transform.finish(self.states[b], generated[b], final[b])
         stats: dict[str, Any] = {
             "new_tokens": sum(len(g) for g in generated),
             "forward_passes": self.forward_passes,

@@ -65,10 +65,16 @@ class DraftModelDrafter(Drafter):
             )
         self.length.start(len(prompts))
         self.fed = [self.session.tokens(row) for row in range(len(prompts))]
+        # left padding of each row (a session's positions count it; its tokens() do not)
+        self.padding = [self.session.length - len(held) for held in self.fed]
 
     def draft_distribution(self, logits: torch.Tensor) -> torch.Tensor:
         """The distribution drafts are drawn from and reported as ``q`` (same warpers as the target)."""
         return warped_probs(logits, self.sampling)
+
+    def reported_distribution(self, logits: torch.Tensor, drawn_from: torch.Tensor) -> torch.Tensor:
+        """The q given to verification: exactly the distribution the drafts were drawn from."""
+        return drawn_from
 
     def propose(self, contexts: Sequence[Sequence[int]], limits: Sequence[int]) -> list[Draft]:
         rows = len(contexts)
@@ -76,21 +82,21 @@ class DraftModelDrafter(Drafter):
         if not any(wants):
             return [Draft() for _ in range(rows)]
         # keep the longest prefix the draft session holds correctly for every row, and at least one token to feed
-        valid = []
+        keep = None
         for row, context in enumerate(contexts):
-            held = self.fed[row]
             same = 0
-            for a, b in zip(held, context):
+            for a, b in zip(self.fed[row], context):
                 if a != b:
                     break
                 same += 1
-            valid.append(same)
-        keep = min(min(valid), min(len(c) for c in contexts) - 1)
+            row_keep = min(same, len(context) - 1) + self.padding[row]
+            keep = row_keep if keep is None else min(keep, row_keep)
+        assert keep is not None
         if keep < self.session.length:
             self.session.truncate(keep)
         for row in range(rows):
-            del self.fed[row][keep:]
-        forced = [list(contexts[row][keep:]) for row in range(rows)]
+            del self.fed[row][keep - self.padding[row]:]
+        forced = [list(contexts[row][len(self.fed[row]):]) for row in range(rows)]
         steps = max(len(forced[row]) + wants[row] - 1 for row in range(rows))
         drafts: list[list[int]] = [[] for _ in range(rows)]
         dists: list[list[torch.Tensor]] = [[] for _ in range(rows)]
@@ -111,8 +117,9 @@ class DraftModelDrafter(Drafter):
                 else:
                     q = self.draft_distribution(sel)
                     picks = self.coins.choose(q).tolist()
+                    reported = self.reported_distribution(sel, q)
                     for i, row in enumerate(ready):
-                        dists[row].append(q[i])
+                        dists[row].append(reported[i])
                 for i, row in enumerate(ready):
                     drafts[row].append(int(picks[i]))
             if position >= steps:

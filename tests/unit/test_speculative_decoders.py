@@ -1,0 +1,326 @@
+"""The speculative decoders on toy models: greedy output identical to the greedy loop for every drafter and batch
+size, limits (max_new_tokens, EOS inside an accepted draft), statistics, bad input, and sequence-level chi-square
+of sampling against the exact target law (with a planted-bug twin that must be rejected)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+import anydecode
+from anydecode.algorithms.contracts.errors import ConfigError, RegistryError
+from anydecode.algorithms.sampling.warpers import warped_probs
+from anydecode.algorithms.speculative.config import SpeculativeSampling
+from anydecode.algorithms.speculative.decode import speculative_decode
+from anydecode.algorithms.speculative.draft import Draft
+from anydecode.algorithms.speculative.draft_model import DraftModelConfig, DraftModelDrafter
+from anydecode.conformance import ToyModel, ToySession, chi_square_test, enumerate_sequences
+from anydecode.conformance import toy_context as _toy_context
+
+VOCAB = 9
+EOS = 8
+
+
+class LeftPaddedToySession(ToySession):
+    """A toy session whose rows behave like a left-padded batch, as the HF session's do: ``length`` counts the
+    longest row, and ``truncate`` drops the same number of trailing positions from every row."""
+
+    @property
+    def length(self) -> int:
+        return max((len(r) for r in self.rows), default=0)
+
+    def truncate(self, length: int) -> None:
+        drop = self.length - length
+        for row in self.rows:
+            del row[len(row) - drop:]
+
+    def fork(self) -> LeftPaddedToySession:
+        return LeftPaddedToySession(self.model, self.rows)
+
+
+def toy_context(model: ToyModel, prompts, max_new_tokens: int, **kwargs):
+    """``conformance.toy_context`` on a left-padded toy session (rows of different lengths)."""
+    ctx = _toy_context(model, prompts, max_new_tokens, **kwargs)
+    ctx.session = LeftPaddedToySession(model, prompts)
+    return ctx
+
+
+def copying_model(seed: int = 0, noise: float = 0.15, eos_after: int | None = None) -> ToyModel:
+    """Mostly repeats the token seen 3 positions back, sometimes deviates: drafts from the context often match."""
+
+    def dist(prefix: tuple[int, ...]) -> np.ndarray:
+        digest = hashlib.sha256(repr((seed, prefix)).encode()).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        p = rng.dirichlet(np.full(VOCAB, 0.5)) * noise
+        favourite = prefix[-3] if len(prefix) >= 3 else 1
+        if digest[8] % 9 == 0:
+            favourite = (favourite + 1) % (VOCAB - 1)
+        if eos_after is not None and len(prefix) >= eos_after:
+            favourite = EOS
+        p[favourite] += 1.0
+        p[EOS] *= 0.05 if favourite != EOS else 1.0
+        return p / p.sum()
+
+    return ToyModel(VOCAB, default=dist, eos_token_id=EOS)
+
+
+PROMPTS = [[1, 2, 3, 4, 5, 6, 1, 2, 3], [3, 3, 0, 7, 7, 1, 2, 0, 7, 2], [5, 4]]
+DRAFTERS = [
+    ("prompt_lookup", {}),
+    ("iad", {}),
+    ("iad", {"source_ids": (1, 2, 3, 1, 2, 3, 4)}),
+    ("aded", {}),
+    ("aded", {"max_nodes": 3, "branching": 3}),
+    ("speculative", {"drafter": "draft_model", "num_draft_tokens": 3}),
+    ("speculative", {"drafter": "prompt_lookup", "max_ngram": 2, "adaptive": False}),
+]
+
+
+def run(name: str, settings: dict, model: ToyModel, prompts, max_new: int, draft_model: ToyModel | None = None):
+    dec = anydecode.get_decoder(name)
+    extra = {}
+    if settings.get("drafter") == "draft_model":
+        extra["draft_session"] = LeftPaddedToySession(draft_model or copying_model(seed=5), prompts)
+    ctx = toy_context(model, prompts, max_new, extra=extra)
+    return dec.run(dec.configure(settings), ctx), ctx
+
+
+def greedy(model: ToyModel, prompts, max_new: int):
+    dec = anydecode.get_decoder("greedy")
+    return dec.run(dec.configure({}), toy_context(model, prompts, max_new))
+
+
+@pytest.mark.parametrize("name,settings", DRAFTERS)
+@pytest.mark.parametrize("rows", [1, 3])
+def test_greedy_speculation_equals_greedy_decoding(name, settings, rows):
+    model = copying_model(seed=rows)
+    prompts = PROMPTS[:rows]
+    expected = greedy(model, prompts, 30)
+    result, ctx = run(name, settings, model, prompts, 30)
+    assert result.sequences == expected.sequences
+    assert result.finish_reasons == expected.finish_reasons
+    stats = result.stats
+    assert stats["accepted"] <= stats["drafted"]
+    assert stats["forward_passes"] == ctx.session.forward_passes
+    assert stats["forward_passes"] <= sum(len(s) for s in result.sequences)
+
+
+def test_speculation_saves_target_passes_on_copying_text():
+    model = copying_model(seed=1, noise=0.01)
+    for name in ("prompt_lookup", "aded"):
+        result, _ = run(name, {}, model, PROMPTS[:1], 40)
+        assert result.stats["tokens_per_forward"] > 2.0, name
+
+
+def editing_model(source: list[int], vocab: int = 40, edits: tuple[int, ...] = (5, 17)) -> ToyModel:
+    """Rewrites ``source`` (which the prompt holds after an instruction) with a substitution at each ``edits``
+    position, then ends: the kind of output Input-guided Aggressive Decoding is made for."""
+    eos = vocab - 1
+
+    def dist(prefix: tuple[int, ...]) -> np.ndarray:
+        generated = len(prefix) - (len(source) + 3)
+        p = np.full(vocab, 1e-3)
+        if generated >= len(source):
+            p[eos] = 1.0
+        else:
+            token = source[generated]
+            p[(token + 1) % (vocab - 1) if generated in edits else token] = 1.0
+        return p / p.sum()
+
+    return ToyModel(vocab, default=dist, eos_token_id=eos)
+
+
+def test_iad_copies_the_input_span_in_few_target_passes():
+    rng = np.random.default_rng(0)
+    source = rng.permutation(38)[:30].tolist()
+    model = editing_model(source)
+    prompt = [38, 37] + source + [36]
+    expected = greedy(model, [prompt], 40)
+    result, _ = run("iad", {}, model, [prompt], 40)
+    assert result.sequences == expected.sequences and result.finish_reasons == ["stop"]
+    # a mismatch at each edit and a re-alignment after it: a handful of passes for 31 tokens
+    assert result.stats["forward_passes"] <= 8, result.stats
+    given, _ = run("iad", {"source_ids": tuple(source)}, model, [prompt], 40)
+    assert given.sequences == expected.sequences and given.stats["forward_passes"] <= 8
+
+
+@pytest.mark.parametrize("name,settings", DRAFTERS)
+@pytest.mark.parametrize("max_new", [0, 1, 2, 7])
+def test_never_more_than_max_new_tokens(name, settings, max_new):
+    result, _ = run(name, settings, copying_model(seed=2, noise=0.01), PROMPTS, max_new)
+    assert all(len(s) <= max_new for s in result.sequences)
+    assert result.sequences == greedy(copying_model(seed=2, noise=0.01), PROMPTS, max_new).sequences
+
+
+@pytest.mark.parametrize("name,settings", DRAFTERS)
+def test_stops_at_eos_inside_an_accepted_draft(name, settings):
+    model = copying_model(seed=3, noise=0.0, eos_after=14)
+    prompts = [[1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2]]
+    result, _ = run(name, settings, model, prompts, 30)
+    assert result.sequences[0][-1] == EOS and result.sequences[0].count(EOS) == 1
+    assert result.finish_reasons == ["stop"]
+    assert result.sequences == greedy(model, prompts, 30).sequences
+
+
+def test_stops_at_eos_inside_a_draft_that_runs_past_it():
+    """A drafter that proposes tokens after EOS: the EOS is emitted, nothing after it."""
+    model = copying_model(seed=3, noise=0.0, eos_after=5)
+    expected = greedy(model, [[3, 1, 2]], 20).sequences[0]
+    assert expected[-1] == EOS and len(expected) >= 2
+
+    class Fixed:
+        deterministic, tree = True, False
+
+        def start(self, prompts):
+            pass
+
+        def propose(self, contexts, limits):
+            return [Draft((expected + [2, 3])[: limits[0]])]
+
+        def feedback(self, row, draft, accepted):
+            pass
+
+    ctx = toy_context(model, [[3, 1, 2]], 20)
+    result = speculative_decode(ctx, Fixed(), SpeculativeSampling())
+    assert result.sequences == [expected] and result.finish_reasons == ["stop"]
+    assert result.stats["forward_passes"] == 1
+
+
+def test_on_token_streams_every_emitted_token_in_order():
+    seen: list[tuple[int, int]] = []
+    dec = anydecode.get_decoder("iad")
+    ctx = toy_context(copying_model(seed=4), PROMPTS, 12, on_token=lambda r, t: seen.append((r, t)))
+    result = dec.run(dec.configure({}), ctx)
+    for row, seq in enumerate(result.sequences):
+        assert [t for r, t in seen if r == row] == seq
+
+
+def test_bad_input_names_the_value():
+    spec = anydecode.get_decoder("speculative")
+    with pytest.raises(ConfigError, match="num_draft_tokens=0"):
+        spec.configure({"drafter": "prompt_lookup", "num_draft_tokens": 0})
+    with pytest.raises(ConfigError, match="max_draft_tokens=0"):
+        anydecode.get_decoder("iad").configure({"max_draft_tokens": 0})
+    with pytest.raises(RegistryError, match="unknown drafter 'medusa'.*prompt_lookup"):
+        spec.configure({"drafter": "medusa"})
+    with pytest.raises(ConfigError, match="source=''.*empty"):
+        anydecode.get_decoder("iad").configure({"source": " "[:0]})
+    with pytest.raises(ConfigError, match="source_ids=\\(\\) is empty"):
+        anydecode.get_decoder("iad").configure({"source_ids": []})
+    with pytest.raises(ConfigError, match="unknown setting 'max_ngrams'.*max_ngram"):
+        spec.configure({"drafter": "prompt_lookup", "max_ngrams": 2})
+    dec = anydecode.get_decoder("iad")
+    with pytest.raises(ConfigError, match="input span is empty"):
+        dec.run(dec.configure({}), toy_context(copying_model(), [[]], 5))
+
+
+def test_draft_model_with_another_vocabulary_is_refused_naming_both_sizes():
+    with pytest.raises(ConfigError, match=r"\(5 tokens\).*\(9 tokens\)"):
+        run("speculative", {"drafter": "draft_model"}, copying_model(), PROMPTS[:1], 5,
+            draft_model=ToyModel.seeded(5, seed=0))
+    with pytest.raises(ConfigError, match="needs a draft model"):
+        dec = anydecode.get_decoder("speculative")
+        dec.run(dec.configure({"drafter": "draft_model"}), toy_context(copying_model(), PROMPTS[:1], 5))
+
+
+def test_stop_check_and_pre_transform_from_the_adapter_are_honoured():
+    """An adapter's stopping criterion ends a row; its logits transform (here: ban token 3) shapes every position."""
+    from anydecode.algorithms.contracts.transform import LogitsTransform
+
+    class Ban3(LogitsTransform):
+        def apply(self, state, generated_ids, logits):
+            out = logits.clone()
+            out[3] = float("-inf")
+            return out
+
+    model = copying_model(seed=6, noise=0.05)
+    dec = anydecode.get_decoder("prompt_lookup")
+    ctx = toy_context(model, PROMPTS[:1], 25, extra={"pre_transform": Ban3()})
+    result = dec.run(dec.configure({}), ctx)
+    assert 3 not in result.sequences[0]
+    ref = anydecode.get_decoder("greedy")
+    # the greedy reference: the same ban, one token at a time
+    session = ToySession(model, PROMPTS[:1])
+    logits = session.prompt_logits()[0]
+    out = []
+    for _ in range(25):
+        logits = logits.clone()
+        logits[3] = float("-inf")
+        token = int(torch.argmax(logits))
+        out.append(token)
+        if token == EOS:
+            break
+        logits = session.append([[token]])[0, -1]
+    assert result.sequences[0] == out
+    del ref
+    ctx = toy_context(model, PROMPTS[:1], 25, extra={"stop_check": lambda row, gen: len(gen) >= 5})
+    result = dec.run(dec.configure({}), ctx)
+    assert len(result.sequences[0]) == 5 and result.finish_reasons == ["stop"]
+
+
+# -- sequence-level chi-square of sampling ------------------------------------------------------------------------
+
+SAMPLE_VOCAB = 3
+SAMPLE_LEN = 4
+
+
+def cached(model: ToyModel) -> ToyModel:
+    """The same model with its per-prefix distributions memoised (the chi-square runs ask for them often)."""
+    return ToyModel(model.vocab_size, default=functools.lru_cache(maxsize=None)(model.default),
+                    eos_token_id=model.eos_token_id)
+
+
+def sampled_sequences(settings: dict, n_batches: int, rows: int, draft: ToyModel | None, drafter_cls=None):
+    target = cached(ToyModel.seeded(SAMPLE_VOCAB, seed=11, concentration=0.7))
+    prompt = [0, 1]
+    out = []
+    for i in range(n_batches):
+        prompts = [prompt] * rows
+        ctx = toy_context(target, prompts, SAMPLE_LEN)
+        sampling = SpeculativeSampling(**{k: v for k, v in settings.items() if k != "drafter"}, seed=i)
+        if drafter_cls is not None:
+            drafter = drafter_cls(DraftModelConfig(num_draft_tokens=3), sampling, ToySession(draft, prompts),
+                                  SAMPLE_VOCAB)
+            result = speculative_decode(ctx, drafter, sampling)
+        else:
+            dec = anydecode.get_decoder(settings["drafter"])
+            conf = dec.configure({k: v for k, v in settings.items() if k != "drafter"} | {"seed": i})
+            result = dec.run(conf, ctx)
+        out.extend(tuple(s) for s in result.sequences)
+    return target, prompt, out
+
+
+def expected_law(target, prompt, sampling):
+    def step(model, gen, prompt_t):
+        return warped_probs(model.logits(prompt_t + gen), sampling).numpy()
+
+    return enumerate_sequences(target, prompt, SAMPLE_LEN, step)
+
+
+class UnwarpedQDrafter(DraftModelDrafter):
+    """Planted bug: drafts drawn from the warped q, but the softmax before temperature reported as q."""
+
+    def reported_distribution(self, logits, drawn_from):
+        return torch.softmax(logits.to(torch.float64), dim=-1)
+
+
+def test_draft_model_sampling_matches_the_target_law_and_the_unwarped_q_twin_fails():
+    sampling = SpeculativeSampling(temperature=0.6)
+    draft = cached(ToyModel.seeded(SAMPLE_VOCAB, seed=12, concentration=0.7))
+    target, prompt, samples = sampled_sequences({"temperature": 0.6}, 12, 250, draft, DraftModelDrafter)
+    law = expected_law(target, prompt, sampling)
+    assert chi_square_test(samples, law).p_value > 1e-6
+    _, _, buggy = sampled_sequences({"temperature": 0.6}, 6, 250, draft, UnwarpedQDrafter)
+    assert chi_square_test(buggy, law).p_value < 1e-6
+
+
+@pytest.mark.parametrize("name", ["iad", "aded", "prompt_lookup"])
+def test_deterministic_drafters_sample_the_target_law(name):
+    settings = {"drafter": name, "temperature": 1.3, "top_p": 0.9}
+    target, prompt, samples = sampled_sequences(settings, 8, 250, None)
+    sampling = SpeculativeSampling(temperature=1.3, top_p=0.9)
+    assert chi_square_test(samples, expected_law(target, prompt, sampling)).p_value > 1e-6
