@@ -1,0 +1,180 @@
+"""Grammar logits transforms: grammar-constrained decoding (GCD) and ASAp (adaptive sampling, Park et al. 2024).
+
+Both keep one grammar matcher per row, synchronised with the row's generated tokens, mask the tokens the grammar
+forbids, then apply the config's sampling warpers (temperature, top-k, top-p, min-p) to what is left.
+
+* **GCD** samples ``P(t | w)`` restricted to the allowed tokens: always grammatical, but biased against the
+  model conditioned on grammaticality.
+* **ASAp** targets ``Q(w) proportional to P(w) * 1[w in L(G)]`` (P at temperature 1, unwarped). It reweights each
+  allowed token by the EFG estimate of the prefix it leads to: ``Q~(t | w) proportional to P(t | w) * EFG~(w t)``,
+  learning EFG~ in a trie shared by every sample of the same prompt and grammar (:mod:`.asap_trie`). The trie
+  stores the model's unwarped, unmasked probabilities, so what it learns does not depend on the sampling settings.
+  With ``temperature=1`` and no truncation the n-th sample's distribution converges to Q. Other settings are
+  applied to the reweighted logits: temperature T samples ``(P(t | w) * EFG~(w t))^(1/T)``, a tempered version of
+  the grammar-aligned next-token distribution; top-k and top-p truncate it.
+
+A dead end (no token allowed and the text is not complete) makes every logit ``-inf``; ``forced_stop`` then
+reports ``dead_end`` and ASAp records EFG 0 for that prefix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..contracts.config import SamplingConfig
+from ..contracts.transform import LogitsTransform
+from ..sampling.warpers import warp_logits
+from .asap_state import AsapStateStore, TrieKey
+from .asap_trie import AsapTrie, TrieNode
+from .engine import CompiledGrammar, GrammarMatcher
+
+NEG_INF = float("-inf")
+
+
+class GrammarRow:
+    """One row's grammar state: its matcher and, for ASAp, its place in the trie."""
+
+    __slots__ = ("matcher", "dead_end", "trie", "node", "logp", "finished")
+
+    def __init__(self, matcher: GrammarMatcher, trie: AsapTrie | None = None):
+        self.matcher = matcher
+        self.dead_end = False
+        self.trie = trie
+        self.node: TrieNode | None = trie.root if trie is not None else None
+        #: log P of the last step (our own tensor), to read the probability of the token that followed
+        self.logp: torch.Tensor | None = None
+        self.finished = False
+
+
+class GrammarConstrainedTransform(LogitsTransform):
+    """GCD: forbidden tokens get ``-inf``; the sampling warpers apply to the rest."""
+
+    def __init__(self, compiled: CompiledGrammar, config: SamplingConfig):
+        self.compiled = compiled
+        self.config = config
+
+    def start(self, prompt_ids: Sequence[int]) -> GrammarRow:
+        return GrammarRow(self.compiled.matcher())
+
+    def _sync(self, row: GrammarRow, generated_ids: Sequence[int]) -> tuple[int, list[int]]:
+        """Bring the matcher to ``generated_ids``: (tokens rolled back, tokens newly consumed).
+
+        A token the grammar forbids (the runtime sampled around the mask) ends the row as a dead end.
+        """
+        history = row.matcher.history
+        generated = [int(t) for t in generated_ids]
+        same = 0
+        limit = min(len(history), len(generated))
+        if limit and history[limit - 1] == generated[limit - 1] and history[:limit] == generated[:limit]:
+            same = limit
+        else:
+            while same < limit and history[same] == generated[same]:
+                same += 1
+        back = len(history) - same
+        if back:
+            row.matcher.rollback(back)
+        fresh = generated[same:]
+        for token in fresh:
+            if not row.matcher.consume(token):
+                row.dead_end = True
+                break
+        return back, fresh
+
+    def _dead(self, row: GrammarRow, logits: torch.Tensor) -> torch.Tensor:
+        row.dead_end = True
+        return torch.full_like(logits, NEG_INF)
+
+    def apply(self, state: Any, generated_ids: Sequence[int], logits: torch.Tensor) -> torch.Tensor:
+        row: GrammarRow = state
+        self._sync(row, generated_ids)
+        if row.dead_end:
+            return self._dead(row, logits)
+        allowed = row.matcher.allowed_tokens().to(logits.device)
+        if not bool(allowed.any()):
+            return self._dead(row, logits)
+        return warp_logits(logits.masked_fill(~allowed, NEG_INF), self.config)
+
+    def forced_stop(self, state: Any) -> str | None:
+        return "dead_end" if state is not None and state.dead_end else None
+
+
+class AsapTransform(GrammarConstrainedTransform):
+    """ASAp: GCD's mask, with each allowed token reweighted by the learned EFG of the prefix it leads to."""
+
+    def __init__(self, compiled: CompiledGrammar, config: SamplingConfig, store: AsapStateStore,
+                 max_nodes: int = 1_000_000):
+        super().__init__(compiled, config)
+        self.store = store
+        self.max_nodes = max_nodes
+
+    def key(self, prompt_ids: Sequence[int]) -> TrieKey:
+        return TrieKey(tuple(int(t) for t in prompt_ids), f"{self.compiled.spec.format}:{self.compiled.spec.key}",
+                       self.compiled.engine, self.compiled.vocabulary.fingerprint)
+
+    def trie(self, prompt_ids: Sequence[int]) -> AsapTrie:
+        """The trie this transform learns in for a prompt."""
+        return self.store.trie(self.key(prompt_ids), self.max_nodes)
+
+    def start(self, prompt_ids: Sequence[int]) -> GrammarRow:
+        row = GrammarRow(self.compiled.matcher(), self.trie(prompt_ids))
+        self.store.row_started()
+        return row
+
+    def _walk(self, row: GrammarRow, back: int, fresh: list[int]) -> None:
+        """Move the row's trie cursor along the tokens the matcher just rolled back and consumed."""
+        trie = row.trie
+        assert trie is not None
+        node = row.node
+        for _ in range(back):
+            node = node.parent if node is not None else None
+            row.logp = None  # the probabilities of an earlier step are gone: stop learning below here
+        for token in fresh:
+            if node is None or row.logp is None or token in self.compiled.vocabulary.eos_token_ids:
+                node = None
+                break
+            node = trie.child(node, token, math.exp(float(row.logp[token])))
+            row.logp = None
+        row.node = node
+
+    def apply(self, state: Any, generated_ids: Sequence[int], logits: torch.Tensor) -> torch.Tensor:
+        row: GrammarRow = state
+        back, fresh = self._sync(row, generated_ids)
+        if back or fresh:
+            self._walk(row, back, fresh)
+        if row.dead_end:
+            return self._dead(row, logits)
+        allowed = row.matcher.allowed_tokens().to(logits.device)
+        # the trie holds the model's own distribution: unwarped, unmasked, temperature 1
+        logp = torch.log_softmax(logits, dim=-1)
+        masked = logp.masked_fill(~allowed, NEG_INF)
+        node = row.node
+        trie = row.trie
+        if node is not None and trie is not None:
+            with self.store.lock:
+                if not node.expanded:
+                    trie.expand(node, float(torch.exp(masked.double()).sum()))
+                trie.touch(node)
+                learned = [(t, c.efg) for t, c in node.children.items() if c.efg < 1.0]
+            if learned:
+                tokens = torch.tensor([t for t, _ in learned], dtype=torch.long, device=logits.device)
+                efg = torch.tensor([v for _, v in learned], dtype=torch.float64)
+                masked[tokens] += torch.log(efg).to(masked.dtype).to(logits.device)
+            row.logp = logp
+        if not bool(torch.isfinite(masked).any()):
+            return self._dead(row, logits)
+        return warp_logits(masked, self.config)
+
+    def finish(self, state: Any, generated_ids: Sequence[int], reason: str) -> None:
+        row: GrammarRow = state
+        if row is None or row.finished:
+            return
+        row.finished = True
+        if row.trie is not None:
+            with self.store.lock:
+                if reason == "stop" or reason == "dead_end":
+                    row.trie.samples += 1
+            self.store.row_finished()
