@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import os
 import pkgutil
 import threading
 from collections.abc import Callable, Iterator
@@ -53,7 +54,9 @@ class ComponentSpec:
 class Registry:
     """Everything registered through the anydecode hooks, by kind and name."""
 
-    def __init__(self, *, load_entrypoints: bool = True):
+    def __init__(self, *, load_entrypoints: bool | None = None):
+        if load_entrypoints is None:  # tests block installed third-party plugins with this variable
+            load_entrypoints = os.environ.get("ANYDECODE_DISABLE_PLUGINS") != "1"
         self.pm = pluggy.PluginManager(PROJECT_NAME)
         self.pm.add_hookspecs(hookspecs)
         for info in pkgutil.iter_modules(importlib.import_module("anydecode.builtin").__path__):

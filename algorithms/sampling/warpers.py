@@ -30,7 +30,7 @@ def apply_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     """Keep the smallest set of most likely tokens whose probability reaches ``top_p`` (at least one token)."""
     if top_p >= 1.0:
         return logits
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)
     probs = torch.softmax(sorted_logits.to(torch.float64), dim=-1)
     # mass strictly before each token; a token is kept while the mass before it is below top_p
     before = torch.cumsum(probs, dim=-1) - probs
