@@ -19,6 +19,7 @@ the estimate sound.
 from __future__ import annotations
 
 import collections
+import math
 import sys
 from typing import Any
 
@@ -118,7 +119,8 @@ class AsapTrie:
         """First visit of ``node``: set its allowed mass, recompute its estimate and propagate it to the root."""
         if node.mass is not None:
             return
-        node.mass = min(max(float(allowed_mass), 0.0), 1.0)
+        mass = float(allowed_mass)
+        node.mass = min(max(mass, 0.0), 1.0) if math.isfinite(mass) else 0.0  # NaN logits: nothing is reachable
         value = node.mass - sum(c.p * (1.0 - c.efg) for c in node.children.values())
         self._set(node, value, may_increase=False)
 
@@ -189,7 +191,7 @@ class AsapTrie:
 
     # -- persistence -----------------------------------------------------------------------------------------------
     def to_records(self) -> dict[str, list]:
-        """Preorder arrays: parent index, token, p, efg, mass (-1 when not expanded)."""
+        """Preorder arrays (children by token id): parent index, token, p, efg, mass (-1 when not expanded)."""
         parent: list[int] = []
         token: list[int] = []
         p: list[float] = []
@@ -204,7 +206,7 @@ class AsapTrie:
             p.append(node.p)
             efg.append(node.efg)
             mass.append(-1.0 if node.mass is None else node.mass)
-            stack.extend((c, idx) for c in node.children.values())
+            stack.extend((node.children[t], idx) for t in sorted(node.children, reverse=True))
         return {"parent": parent, "token": token, "p": p, "efg": efg, "mass": mass, "samples": self.samples}
 
     @classmethod

@@ -59,6 +59,10 @@ def _grammar_error(spec: GrammarSpec, lark_text: str | None, message: str) -> Gr
     m = _LARK_POSITION.match(message.strip())
     if m:
         line, column, reason = int(m.group(1)), int(m.group(2)), m.group(3)
+        unknown = re.match(r'unknown name: "([^"]+)"', reason)
+        if unknown and spec.format == "lark":
+            # llguidance points at the rule; point at the reference itself
+            line, column = _find_reference(spec.text, line, column, unknown.group(1))
         if spec.format == "lark":
             return parse_error("lark", spec.text, line, column, reason)
         # a GBNF grammar was converted to Lark first: report the position in the converted text too
@@ -67,6 +71,17 @@ def _grammar_error(spec: GrammarSpec, lark_text: str | None, message: str) -> Gr
     if "Empty grammar" in message:
         return GrammarError(f"the {spec.format} grammar is empty")
     return GrammarError(f"{spec.format} grammar rejected by llguidance: {message.strip()}")
+
+
+def _find_reference(text: str, line: int, column: int, name: str) -> tuple[int, int]:
+    """Line and column of the first use of ``name`` at or after (line, column), outside string literals."""
+    lines = text.split("\n")
+    offset = sum(len(x) + 1 for x in lines[:line - 1]) + column - 1
+    pattern = re.compile(r'"(?:[^"\\]|\\.)*"|/(?:[^/\\]|\\.)*/|(?<![\w.])' + re.escape(name) + r"(?![\w])")
+    for m in pattern.finditer(text, offset):
+        if m.group(0) == name:
+            return line_column(text, m.start())
+    return line, column
 
 
 def _gbnf_to_lark(text: str) -> str:

@@ -153,7 +153,9 @@ class OutlinesEngine(GrammarEngine):
         else:
             regex = spec.text
         try:
-            index = oc.Index(regex, self.vocabulary(vocabulary))
+            # outlines-core's automaton follows leftmost-first match semantics: without an end anchor, "a|ab"
+            # loses "ab" (the first alternative ends the match). Anchoring the end makes it the whole language.
+            index = oc.Index(f"(?:{regex})$", self.vocabulary(vocabulary))
         except ValueError as exc:
             message = str(exc)
             if "incompatible with the regex" in message:

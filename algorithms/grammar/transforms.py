@@ -140,6 +140,10 @@ class AsapTransform(GrammarConstrainedTransform):
             row.logp = None
         row.node = node
 
+    def model_logprobs(self, logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """log P(t | w) as the trie stores it: the model's own distribution, unwarped, unmasked, temperature 1."""
+        return torch.log_softmax(logits, dim=-1)
+
     def apply(self, state: Any, generated_ids: Sequence[int], logits: torch.Tensor) -> torch.Tensor:
         row: GrammarRow = state
         back, fresh = self._sync(row, generated_ids)
@@ -148,8 +152,7 @@ class AsapTransform(GrammarConstrainedTransform):
         if row.dead_end:
             return self._dead(row, logits)
         allowed = row.matcher.allowed_tokens().to(logits.device)
-        # the trie holds the model's own distribution: unwarped, unmasked, temperature 1
-        logp = torch.log_softmax(logits, dim=-1)
+        logp = self.model_logprobs(logits, allowed)
         masked = logp.masked_fill(~allowed, NEG_INF)
         node = row.node
         trie = row.trie
