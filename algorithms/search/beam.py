@@ -7,8 +7,9 @@ tokens the earlier groups just chose (Hamming, or n-gram), adds its running scor
 finished hypothesis of that group, the others continue (Vijayakumar et al. 2018; behaviour of transformers 4.x's
 group beam search). A group whose hypotheses can no longer improve is done and emits padding. The penalised
 scores accumulate, so returned scores include the penalties. One group is plain beam search, whose early-stop
-test uses the best running beam as transformers' ``num_beams`` generation does; with several groups the test
-uses the best candidate of the step, as transformers 4.x's group beam scorer did.
+test uses the best running beam and, at the length limit, the running beams compete with the finished ones
+before any early stop, as transformers' ``num_beams`` generation does; with several groups the test uses the
+best candidate of the step, as transformers 4.x's group beam scorer did.
 
 Per step the session gets one ``select(parents)`` (cache reordered) and one ``append`` of every beam's token.
 """
@@ -179,8 +180,11 @@ def beam_search(ctx: DecodeContext, *, num_beams: int, num_beam_groups: int = 1,
                             f"beam search found only {filled} continuations for {group_size} beams: the vocabulary "
                             f"({vocab}) is too small for num_beams={num_beams}"
                         )
-                    best = top_scores_l[p][0] if bound_by_candidates else float(new_scores[base])
-                    done[p][g] = hyps[p][g].is_done(best, step + 1)
+                    last = step == ctx.max_new_tokens - 1
+                    if bound_by_candidates:
+                        done[p][g] = hyps[p][g].is_done(top_scores_l[p][0], step + 1)
+                    elif not last:  # at the length limit the running beams join the finished ones first
+                        done[p][g] = hyps[p][g].is_done(float(new_scores[base]), step + 1)
             parents_l = parents.tolist()
             tokens_l = tokens.tolist()
             sequences = [sequences[parents_l[r]] + [tokens_l[r]] for r in range(rows)]

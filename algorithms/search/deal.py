@@ -40,7 +40,7 @@ class DealConfig(RewardSettings):
     beam: int = config_field(2, ge=1, help="partial sequences kept at each step")
     k: int = config_field(5, ge=1, help="top-k tokens each kept sequence is expanded with")
     lookahead: int = config_field(4, ge=0, help="greedy tokens rolled out before scoring a candidate")
-    lam: float = config_field(1.0, ge=0.0, help="weight of the reward against the log-likelihood")
+    lam: float | None = config_field(None, ge=0.0, help="weight of the reward (default: 1 with a reward, else 0)")
     length_penalty: float = config_field(1.0, help="finished scores use sum_logprob / length**length_penalty")
     early_stopping: bool | str = config_field(False, help="True, False or 'never' (as beam search)")
     num_return_sequences: int = config_field(1, ge=1, help="sequences returned per prompt, best first")
@@ -50,7 +50,7 @@ class DealConfig(RewardSettings):
         _check_early_stopping(self.early_stopping)
         if self.num_return_sequences > self.beam:
             raise ConfigError(f"num_return_sequences={self.num_return_sequences} must be <= beam={self.beam}")
-        if self.lam > 0 and not self.reward:
+        if self.lam is not None and self.lam > 0 and not self.reward:
             raise ConfigError(
                 f"lam={self.lam} weighs a reward but none is chosen: set reward= (keywords, length, regex, "
                 "callable, reward_model or a registered one), or lam=0 for plain beam search"
@@ -73,7 +73,8 @@ def run_deal(config: DealConfig, ctx: DecodeContext, reward: Reward | None = Non
     """The ``deal`` decoder; ``reward`` defaults to the one ``config`` names."""
     if reward is None and config.reward:
         reward = config.build_reward()
-    return deal_search(ctx, reward=reward, beam=config.beam, k=config.k, lookahead=config.lookahead, lam=config.lam,
+    lam = config.lam if config.lam is not None else (1.0 if config.reward else 0.0)
+    return deal_search(ctx, reward=reward, beam=config.beam, k=config.k, lookahead=config.lookahead, lam=lam,
                        length_penalty=config.length_penalty, early_stopping=config.early_stopping,
                        num_return_sequences=config.num_return_sequences)
 
@@ -167,7 +168,7 @@ def deal_search(ctx: DecodeContext, *, reward: Reward | None, beam: int, k: int,
                     )
                 best = kept[0]
                 bonus = lam * best.reward if guided else 0.0
-                if hyps[p].is_done(best.loglik, step + 1, bonus):
+                if step < ctx.max_new_tokens - 1 and hyps[p].is_done(best.loglik, step + 1, bonus):
                     new_running.append([])
                     continue
                 rows_p = []
