@@ -103,7 +103,7 @@ def deal_search(ctx: DecodeContext, *, reward: Reward | None, beam: int, k: int,
         body = [t for t in tokens if t not in eos]
         return RewardInput(prompt_texts[p], decode_text(ctx.tokenizer, body), tuple(body), finished)
 
-    with search_session(ctx, max_rows, "deal") as (session, logits):
+    with search_session(ctx, max_rows, "deal", lookahead + 1) as (session, logits):
         dtype = search_dtype(logits)
         hyps = [FinishedHypotheses(beam, length_penalty, early_stopping, max(ctx.max_new_tokens, 1))
                 for _ in range(prompts)]

@@ -2,8 +2,9 @@
 
 A session that implements ``select`` (transformers, toy models) is used as it is. A runtime whose main session
 holds one sequence (llama.cpp) puts a factory in ``ctx.extra["make_multi_session"]``: called with the number of
-rows the search needs, it returns ``(session, prompt_logits)`` holding the same prompts, one row each, able to
-grow to that many rows (llama.cpp: a second context whose sequences share the prompt in a unified KV cache).
+rows the search needs and how many tokens past ``max_new_tokens`` a row may hold (DeAL's lookahead), as
+``factory(rows, extra_tokens)``, it returns ``(session, prompt_logits)`` holding the same prompts, one row each, able
+to grow to that many rows (llama.cpp: a second context whose sequences share the prompt in a unified KV cache).
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ def can_select(session: ModelSession) -> bool:
 
 
 @contextlib.contextmanager
-def search_session(ctx: DecodeContext, rows: int, decoder: str) -> Iterator[tuple[ModelSession, torch.Tensor]]:
+def search_session(ctx: DecodeContext, rows: int, decoder: str,
+                   extra_tokens: int = 0) -> Iterator[tuple[ModelSession, torch.Tensor]]:
     """``(session, logits after each prompt)`` able to hold ``rows`` rows; a made session is closed on exit."""
     if ctx.max_new_tokens < 0:
         raise ConfigError(f"max_new_tokens={ctx.max_new_tokens} must be >= 0")
     factory = ctx.extra.get("make_multi_session")
     if factory is not None:
-        session, logits = factory(rows)
+        session, logits = factory(rows, extra_tokens)
         try:
             yield session, logits
         finally:
