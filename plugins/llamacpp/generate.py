@@ -16,6 +16,7 @@ from anydecode.algorithms.contracts.errors import ConfigError
 
 from .._common import resolve_decoder
 from ._runtime import import_llama_cpp
+from .multiseq import multi_session_factory
 from .session import LlamaSession
 from .text import LlamaTokenizer, StreamDecoder, prompt_ids
 
@@ -81,7 +82,8 @@ def generate(llm: Any, prompt: str | Sequence[int], decoder: str | Decoder = "gr
         prompt_logits=logits,
         max_new_tokens=max_new_tokens,
         on_token=on_token if stream is not None and dec.kind == "transform" else None,
-        extra={"llama": llm},
+        # search decoders (beam, dbs, deal, best_of_n) run their rows in a second, multi-sequence context
+        extra={"llama": llm, "make_multi_session": multi_session_factory(llm, [ids], max_new_tokens)},
     )
     result = dec.run(config, ctx)
     result.stats["target_forward_passes"] = session.forward_passes
