@@ -193,16 +193,43 @@ _ATTR_CONTROL = 1 << 3
 _ATTR_USER_DEFINED = 1 << 4
 
 
+def _llama_piece_reader(llm: Any) -> Callable[[int], bytes]:
+    """Bytes of one token with special text, without ``Llama.detokenize``'s 32-byte limit.
+
+    llama-cpp-python 0.3.x detokenizes through a 32-byte buffer and silently drops longer pieces (long runs of
+    spaces or dashes); when the low-level binding is loaded (it is, if ``llm`` is a Llama), read each piece
+    through a large buffer instead. Nothing is imported here: the module is taken from ``sys.modules``.
+    """
+    import ctypes
+    import sys
+
+    binding = sys.modules.get("llama_cpp")
+    vocab = getattr(getattr(llm, "_model", None), "vocab", None)
+    if binding is None or vocab is None or not hasattr(binding, "llama_token_to_piece"):
+        return lambda tid: bytes(llm.detokenize([tid], special=True))
+    size = 4096
+    buffer = ctypes.create_string_buffer(size)
+
+    def read(tid: int) -> bytes:
+        n = binding.llama_token_to_piece(vocab, tid, buffer, size, 0, True)
+        if n < 0:
+            raise ConfigError(f"token {tid} of the llama.cpp vocabulary is longer than {size} bytes")
+        return bytes(buffer.raw[:n])
+
+    return read
+
+
 def from_llama(llm: Any, vocab_size: int | None = None) -> TokenVocabulary:
     """Bridge for a llama-cpp-python ``Llama`` (duck-typed: ``n_vocab``, ``detokenize``, ``token_eos``)."""
     n = int(llm.n_vocab())
     vocab_size = max(n, vocab_size or 0)
     model = getattr(llm, "_model", None)
     get_attr = getattr(model, "token_get_attr", None)
+    read = _llama_piece_reader(llm)
     out: list[bytes] = []
     specials: set[int] = set()
     for tid in range(n):
-        piece = bytes(llm.detokenize([tid], special=True))
+        piece = read(tid)
         attr = int(get_attr(tid)) if get_attr is not None else 0
         control = bool(attr & _ATTR_CONTROL) or (
             bool(attr & _ATTR_USER_DEFINED) and piece.startswith(b"<") and piece.endswith(b">"))
@@ -233,7 +260,7 @@ def vocabulary_for(tokenizer: Any, vocab_size: int | None = None,
     """The TokenVocabulary of a tokenizer object (cached per object), with ``eos_token_ids`` added.
 
     Accepted: a TokenVocabulary; a transformers tokenizer; a llama-cpp-python ``Llama``; an object with a
-    ``grammar_vocabulary()`` method or a ``llama`` attribute (an adapter's tokenizer wrapper).
+    ``grammar_vocabulary()`` method or an ``llm``/``llama`` attribute holding a ``Llama`` (an adapter's view).
     """
     if tokenizer is None:
         raise ConfigError("grammar decoding needs the tokenizer: the runtime adapter did not provide one")
@@ -269,9 +296,10 @@ def _build(tokenizer: Any, vocab_size: int | None) -> TokenVocabulary:
         return from_transformers(tokenizer, vocab_size)
     if hasattr(tokenizer, "n_vocab") and hasattr(tokenizer, "detokenize"):
         return from_llama(tokenizer, vocab_size)
-    llama = getattr(tokenizer, "llama", None)
-    if llama is not None and hasattr(llama, "n_vocab"):
-        return from_llama(llama, vocab_size)
+    for attr in ("llm", "llama"):  # an adapter's tokenizer view of a Llama
+        llama = getattr(tokenizer, attr, None)
+        if llama is not None and hasattr(llama, "n_vocab") and hasattr(llama, "detokenize"):
+            return from_llama(llama, vocab_size)
     raise ConfigError(
         f"cannot read the vocabulary of a {type(tokenizer).__name__}: grammar decoding accepts a transformers "
         "tokenizer, a llama_cpp.Llama, an anydecode TokenVocabulary, or an object with grammar_vocabulary()"

@@ -23,6 +23,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..contracts.config import SamplingConfig
@@ -33,6 +34,14 @@ from .asap_trie import AsapTrie, TrieNode
 from .engine import CompiledGrammar, GrammarMatcher
 
 NEG_INF = float("-inf")
+
+
+def restrict(logits: torch.Tensor, mask: np.ndarray) -> torch.Tensor:
+    """A new tensor: ``logits`` where ``mask`` is set, ``-inf`` elsewhere (numpy on CPU: one single-threaded pass)."""
+    if logits.device.type == "cpu":
+        return torch.from_numpy(np.where(mask, logits.detach().numpy(), NEG_INF).astype(
+            torch.empty((), dtype=logits.dtype).numpy().dtype, copy=False))
+    return torch.where(torch.from_numpy(mask).to(logits.device), logits, NEG_INF)
 
 
 class GrammarRow:
@@ -93,10 +102,10 @@ class GrammarConstrainedTransform(LogitsTransform):
         self._sync(row, generated_ids)
         if row.dead_end:
             return self._dead(row, logits)
-        allowed = row.matcher.allowed_tokens().to(logits.device)
-        if not bool(allowed.any()):
+        mask = row.matcher.allowed_array()
+        if not mask.any():
             return self._dead(row, logits)
-        return warp_logits(logits.masked_fill(~allowed, NEG_INF), self.config)
+        return warp_logits(restrict(logits, mask), self.config)
 
     def forced_stop(self, state: Any) -> str | None:
         return "dead_end" if state is not None and state.dead_end else None
@@ -140,7 +149,7 @@ class AsapTransform(GrammarConstrainedTransform):
             row.logp = None
         row.node = node
 
-    def model_logprobs(self, logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    def model_logprobs(self, logits: torch.Tensor, allowed: np.ndarray) -> torch.Tensor:
         """log P(t | w) as the trie stores it: the model's own distribution, unwarped, unmasked, temperature 1."""
         return torch.log_softmax(logits, dim=-1)
 
@@ -151,24 +160,31 @@ class AsapTransform(GrammarConstrainedTransform):
             self._walk(row, back, fresh)
         if row.dead_end:
             return self._dead(row, logits)
-        allowed = row.matcher.allowed_tokens().to(logits.device)
-        logp = self.model_logprobs(logits, allowed)
-        masked = logp.masked_fill(~allowed, NEG_INF)
+        mask = row.matcher.allowed_array()
+        if not mask.any():
+            if row.node is not None and row.trie is not None:
+                with self.store.lock:
+                    row.trie.expand(row.node, 0.0)  # a dead end: nothing grammatical follows this prefix
+            return self._dead(row, logits)
+        logp = self.model_logprobs(logits, mask)
+        masked = restrict(logp, mask)
         node = row.node
         trie = row.trie
         if node is not None and trie is not None:
             with self.store.lock:
                 if not node.expanded:
-                    trie.expand(node, float(torch.exp(masked.double()).sum()))
+                    chosen = logp.detach().cpu().numpy()[mask]
+                    trie.expand(node, float(np.exp(chosen.astype(np.float64)).sum()))
                 trie.touch(node)
                 learned = [(t, c.efg) for t, c in node.children.items() if c.efg < 1.0]
+                nothing_left = node.efg < 1e-12
             if learned:
                 tokens = torch.tensor([t for t, _ in learned], dtype=torch.long, device=logits.device)
                 efg = torch.tensor([v for _, v in learned], dtype=torch.float64)
                 masked[tokens] += torch.log(efg).to(masked.dtype).to(logits.device)
             row.logp = logp
-        if not bool(torch.isfinite(masked).any()):
-            return self._dead(row, logits)
+            if nothing_left and not bool(torch.isfinite(masked).any()):
+                return self._dead(row, logits)
         return warp_logits(masked, self.config)
 
     def finish(self, state: Any, generated_ids: Sequence[int], reason: str) -> None:
