@@ -39,6 +39,37 @@ def _regex_position(text: str) -> tuple[int, int, str]:
     return 1, 1, "the regex syntax is not supported by outlines-core"
 
 
+#: keywords outlines-core 0.2 accepts but ignores, so its automaton would allow values the schema forbids
+IGNORED_KEYWORDS = frozenset({
+    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "uniqueItems", "contains",
+    "minContains", "maxContains", "minProperties", "maxProperties", "patternProperties", "propertyNames",
+    "dependentRequired", "dependentSchemas", "unevaluatedProperties", "unevaluatedItems", "contentEncoding",
+    "contentMediaType",
+})
+_NAMED_SCHEMAS = ("properties", "$defs", "definitions")
+_SUBSCHEMA = ("items", "additionalProperties", "not", "if", "then", "else")
+_SUBSCHEMA_LISTS = ("prefixItems", "anyOf", "oneOf", "allOf")
+
+
+def ignored_keywords(schema: object, where: str = "") -> list[str]:
+    """JSON pointers of the keywords in ``schema`` that outlines-core would silently ignore."""
+    found: list[str] = []
+    if not isinstance(schema, dict):
+        return found
+    for key, value in schema.items():
+        if key in IGNORED_KEYWORDS:
+            found.append(f"{where}/{key}")
+        elif key in _NAMED_SCHEMAS and isinstance(value, dict):
+            for name, sub in value.items():
+                found += ignored_keywords(sub, f"{where}/{key}/{name}")
+        elif key in _SUBSCHEMA:
+            found += ignored_keywords(value, f"{where}/{key}")
+        elif key in _SUBSCHEMA_LISTS and isinstance(value, list):
+            for i, sub in enumerate(value):
+                found += ignored_keywords(sub, f"{where}/{key}/{i}")
+    return found
+
+
 class OutlinesMatcher(GrammarMatcher):
     def __init__(self, compiled: OutlinesGrammar, state: int):
         super().__init__(compiled)
@@ -145,7 +176,11 @@ class OutlinesEngine(GrammarEngine):
     def _compile(self, spec: GrammarSpec, vocabulary: TokenVocabulary) -> CompiledGrammar:
         oc = _import()
         if spec.format == "json_schema":
-            spec.json_object()
+            ignored = ignored_keywords(spec.json_object())
+            if ignored:
+                raise GrammarError(
+                    f"JSON schema not supported by the outlines engine: outlines-core ignores {', '.join(ignored)} "
+                    "(its outputs could break them); use engine=llguidance, which enforces them")
             try:
                 regex = oc.json_schema.build_regex_from_schema(spec.text)
             except (ValueError, TypeError) as exc:

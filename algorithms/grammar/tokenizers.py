@@ -263,7 +263,8 @@ def vocabulary_for(tokenizer: Any, vocab_size: int | None = None,
     ``grammar_vocabulary()`` method or an ``llm``/``llama`` attribute holding a ``Llama`` (an adapter's view).
     """
     if tokenizer is None:
-        raise ConfigError("grammar decoding needs the tokenizer: the runtime adapter did not provide one")
+        raise ConfigError("grammar decoding needs the tokenizer: the runtime adapter did not provide one "
+                          "(transformers custom_generate: pass anydecode_tokenizer=tokenizer)")
     if isinstance(tokenizer, TokenVocabulary):
         vocab = tokenizer
     else:
@@ -277,6 +278,11 @@ def vocabulary_for(tokenizer: Any, vocab_size: int | None = None,
 
 def _cached(tokenizer: Any, vocab_size: int | None) -> TokenVocabulary:
     key = vocab_size or 0
+    for attr in ("llm", "llama"):  # an adapter's short-lived view of a Llama: cache on the Llama itself
+        inner = getattr(tokenizer, attr, None)
+        if inner is not None and hasattr(inner, "n_vocab") and hasattr(inner, "detokenize"):
+            tokenizer = inner
+            break
     try:
         per_object = _cache.setdefault(tokenizer, {})
     except TypeError:  # not weak-referenceable: build every time

@@ -165,6 +165,7 @@ def test_empty_language_is_an_error_before_generation(engine, fmt, text):
     ("llguidance", '{"type": "strin"}'),
     ("outlines", '{"type": "strin"}'),
     ("llguidance", '{"anyOf": []}'),
+    ("outlines", '{"type": "object", "properties": {"minimum": {"type": "integer", "maximum": 9}}}'),
 ])
 def test_unsupported_json_schema_is_a_clear_error(engine, schema):
     with pytest.raises(GrammarError, match="JSON schema not supported"):
