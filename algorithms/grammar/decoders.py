@@ -25,11 +25,6 @@ class GrammarConfig(SamplingConfig):
     engine: str = config_field("llguidance", help="grammar engine: llguidance (all formats) or outlines (regex, "
                                "json_schema)")
 
-    def validate(self) -> None:
-        super().validate()
-        if not self.grammar.strip():
-            raise ConfigError("grammar decoding needs grammar=TEXT or grammar=PATH (a .lark, .gbnf, .json or .regex "
-                              "file)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +39,8 @@ class AsapConfig(GrammarConfig):
 
 def compile_for(config: GrammarConfig, context: TransformContext) -> CompiledGrammar:
     """Compile the config's grammar for the context's tokenizer (cached per grammar and vocabulary)."""
+    if not config.grammar.strip():
+        raise ConfigError("grammar decoding needs grammar=TEXT or grammar=PATH (a .lark, .gbnf, .json or .regex file)")
     spec = grammar_spec(config.grammar, config.grammar_format)
     vocab = vocabulary_for(context.tokenizer, context.vocab_size or None, context.eos_token_ids)
     return get_engine(config.engine).compile(spec, vocab)

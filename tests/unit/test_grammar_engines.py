@@ -177,9 +177,9 @@ def test_unknown_format_engine_and_unsupported_format():
         grammar_spec("a", "yaml")
     with pytest.raises(ConfigError, match="grammar_format='yaml' is not one of"):
         GrammarConfig.from_mapping({"grammar": "a", "grammar_format": "yaml"})
-    with pytest.raises(ConfigError, match="needs grammar="):
-        AsapConfig.from_mapping({})
     ctx = TransformContext(vocab_size=6, tokenizer=ABC)
+    with pytest.raises(ConfigError, match="needs grammar="):
+        compile_for(AsapConfig.from_mapping({}), ctx)
     with pytest.raises(RegistryError, match="unknown grammar engine 'xgrammar'"):
         compile_for(GrammarConfig(grammar="a", engine="xgrammar"), ctx)
     with pytest.raises(GrammarError, match="does not support the lark format"):
