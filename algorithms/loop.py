@@ -79,7 +79,7 @@ def autoregressive(ctx: DecodeContext, transform: LogitsTransform, selector: Tok
                 reasons[b] = "stop"
         if all(r is not None for r in reasons) or _step == ctx.max_new_tokens - 1:
             break
-        logits = session.append(torch.tensor(chosen, dtype=torch.long).unsqueeze(1))[:, -1]
+        logits = session.step(chosen)
         forwards += 1
 
     final = [r if r is not None else "length" for r in reasons]

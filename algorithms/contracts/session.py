@@ -51,6 +51,13 @@ class ModelSession(abc.ABC):
         ``logits[b, i]`` is the next-token distribution after row ``b``'s token ``i``.
         """
 
+    def step(self, tokens: Sequence[int]) -> torch.Tensor:
+        """Append one token per row and return the next-token logits ``(batch, vocab)``.
+
+        The per-token hot path of autoregressive loops; adapters may override it with a leaner call.
+        """
+        return self.append(torch.tensor(list(tokens), dtype=torch.long).unsqueeze(1))[:, -1]
+
     @abc.abstractmethod
     def truncate(self, length: int) -> None:
         """Drop every token at position ``>= length`` in all rows (``length`` at least the prompt's)."""

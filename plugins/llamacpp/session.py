@@ -67,6 +67,12 @@ class LlamaSession(ModelSession):
         logits = self._decode(block, all_logits=len(block) > 1)
         return logits.unsqueeze(0)
 
+    def step(self, tokens: Sequence[int]) -> torch.Tensor:
+        (token,) = tokens
+        if self.llm.n_tokens + 1 > self.llm.n_ctx():
+            raise RuntimeAdapterError(f"context full: n_ctx={self.llm.n_ctx()} tokens")
+        return self._decode([int(token)], all_logits=False)
+
     def truncate(self, length: int) -> None:
         if not 0 <= length <= self.llm.n_tokens:
             raise RuntimeAdapterError(f"cannot truncate to {length}: the session holds {self.llm.n_tokens} tokens")
