@@ -77,7 +77,6 @@ class LlamaRuntime:
 
     def loglik(self, prompt: list[int], tokens: list[int]) -> float:
         import torch
-
         from anydecode.plugins.llamacpp.session import LlamaSession
 
         session = LlamaSession(self.llm)
@@ -92,8 +91,8 @@ class HFRuntime:
 
     def __init__(self) -> None:
         import torch
+        from anydecode.plugins import hf
 
-        import anydecode.plugins.hf as hf
         from anydecode.models import load_hf
 
         self.torch = torch

@@ -226,7 +226,8 @@ def _lookahead(session: Any, candidates: list[list[_Candidate]], eos: frozenset[
     Sets ``cand.row`` (its session row) and ``cand.rollout`` (its tokens plus the greedy lookahead, cut at EOS);
     returns the logits after each candidate's own token, shape ``(rows, vocab)``.
     """
-    parents, tokens = [], []
+    parents: list[int] = []
+    tokens: list[int] = []
     for found in candidates:
         for cand in found:
             if cand.token in eos:

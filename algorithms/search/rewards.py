@@ -62,13 +62,13 @@ def checked_scores(reward: Reward, items: Sequence[RewardInput]) -> list[float]:
         values = reward.score_batch(items)
     except RewardError:
         raise
-    except Exception as exc:  # the reward is user code: name it and the text it failed on
+    except Exception as exc:  # the reward is user code: whatever it raises, name it and the text it failed on
         text = items[0].text if len(items) == 1 else None
         if text is None:  # find the failing candidate by scoring them one at a time
             for item in items:
                 try:
                     reward.score(item)
-                except Exception:
+                except Exception:  # noqa: BLE001 (find which candidate fails, whatever it raises)
                     text = item.text
                     break
         raise RewardError(
@@ -451,7 +451,7 @@ class RewardSettings(DecoderConfig):
                 f"reward_weights={list(self.reward_weights)} has {len(self.reward_weights)} values for "
                 f"{len(self.reward)} rewards {list(self.reward)}; give one weight per reward or none"
             )
-        resolved = []
+        resolved: list[tuple[str, DecoderConfig | None, Any]] = []
         claimed: set[str] = set()
         own = self.as_dict()
         extras = dict(self.reward_extras)

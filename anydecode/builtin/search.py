@@ -23,10 +23,10 @@ def _registry_configs() -> tuple[type, type]:
     from anydecode.algorithms.search.best_of_n import BestOfNConfig
     from anydecode.algorithms.search.deal import DealConfig
 
-    deal = dataclasses.dataclass(frozen=True)(
+    deal: type = dataclasses.dataclass(frozen=True)(
         type("DealConfig", (DealConfig,), {"reward_lookup": staticmethod(_registry_reward),
                                            "__doc__": DealConfig.__doc__, "__module__": __name__}))
-    best = dataclasses.dataclass(frozen=True)(
+    best: type = dataclasses.dataclass(frozen=True)(
         type("BestOfNConfig", (BestOfNConfig,), {"reward_lookup": staticmethod(_registry_reward),
                                                  "__doc__": BestOfNConfig.__doc__, "__module__": __name__}))
     return deal, best

@@ -33,7 +33,7 @@ def venv_python() -> Path:
 def ensure_venv() -> Path:
     python = venv_python()
     check = [str(python), "-c", "import transformers, torch; assert transformers.__version__.startswith('4.')"]
-    if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
+    if python.exists() and subprocess.run(check, capture_output=True, check=False).returncode == 0:
         return python
     print(f"building {VENV} with {' '.join(REQUIREMENTS)}", flush=True)
     venv.EnvBuilder(with_pip=True, clear=True).create(VENV)

@@ -15,14 +15,12 @@ max_new_tokens)``; a decoder calls it with the number of rows it needs.
 
 from __future__ import annotations
 
-import ctypes
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-
 from anydecode.algorithms.contracts.errors import RuntimeAdapterError
 from anydecode.algorithms.contracts.session import ModelSession, as_token_block
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from anydecode.plugins import hf
 
-import anydecode.plugins.hf as hf
 from anydecode.models import load_hf
 
 pytestmark = pytest.mark.integration
@@ -62,7 +62,7 @@ def test_dbs_reproduces_transformers_4_on_the_embedded_model(model_and_tokenizer
 def test_beam_equals_transformers_5_beam_search(model_and_tokenizer):
     model, _ = model_and_tokenizer
     prompt = GOLDEN["cases"][0]["prompt"]
-    settings = dict(num_beams=3, num_return_sequences=3, max_new_tokens=10, length_penalty=1.0)
+    settings = {"num_beams": 3, "num_return_sequences": 3, "max_new_tokens": 10, "length_penalty": 1.0}
     ref = run(model, prompt, do_sample=False, output_scores=True, **settings)
     out = run(model, prompt, custom_generate=hf.generate, decoder="beam", **settings)
     eos = set(GOLDEN["eos_token_ids"])

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import math
 
+import anydecode.plugins.llamacpp as L
 import pytest
 import torch
-
-import anydecode.plugins.llamacpp as L
 from anydecode.algorithms.search.rewards import RewardError
 from anydecode.plugins.llamacpp.multiseq import MultiSequenceSession, multi_session_factory
 from anydecode.plugins.llamacpp.session import LlamaSession

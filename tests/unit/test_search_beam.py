@@ -7,14 +7,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-from anydecode import ConfigError, get_registry
 from anydecode.algorithms.contracts.session import ModelSession
 from anydecode.algorithms.search.beam import DEAD, beam_search
 from anydecode.algorithms.search.diversity import hamming_penalty, ngram_penalty
 from anydecode.conformance import ToyModel, enumerate_sequences, toy_context
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from anydecode import ConfigError, get_registry
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -155,7 +155,7 @@ def test_one_group_diverse_beam_is_plain_beam():
 
 def test_a_batch_of_prompts_gives_what_each_prompt_gives_alone():
     model = ToyModel.seeded(6, seed=8, eos_token_id=0)
-    kwargs = dict(num_beams=4, num_beam_groups=2, diversity_penalty=0.7, num_return_sequences=2)
+    kwargs = {"num_beams": 4, "num_beam_groups": 2, "diversity_penalty": 0.7, "num_return_sequences": 2}
     both = beam_search(toy_context(model, [[1], [4, 2]], 6), **kwargs)
     for row, prompt in enumerate([[1], [4, 2]]):
         alone = beam_search(toy_context(model, [prompt], 6), **kwargs)

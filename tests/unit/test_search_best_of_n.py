@@ -5,13 +5,13 @@ from __future__ import annotations
 import math
 
 import pytest
+from anydecode.algorithms.search.best_of_n import BestOfNConfig, run_best_of_n
+from anydecode.algorithms.search.rewards import Reward, RewardError
+from anydecode.conformance import ToyModel, toy_context
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from anydecode import get_registry
-from anydecode.algorithms.search.best_of_n import BestOfNConfig, run_best_of_n
-from anydecode.algorithms.search.rewards import Reward, RewardError
-from anydecode.conformance import ToyModel, toy_context
 
 
 class CountToken(Reward):

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import pytest
+from anydecode.algorithms.search.beam import beam_search
+from anydecode.algorithms.search.deal import DealConfig, deal_search, run_deal
+from anydecode.algorithms.search.rewards import (
+    KeywordsConfig,
+    KeywordsReward,
+    Reward,
+    RewardError,
+    RewardInput,
+)
+from anydecode.conformance import ToyModel, toy_context
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from anydecode import ConfigError, RegistryError, get_registry
-from anydecode.algorithms.search.beam import beam_search
-from anydecode.algorithms.search.deal import DealConfig, deal_search, run_deal
-from anydecode.algorithms.search.rewards import KeywordsConfig, KeywordsReward, Reward, RewardError, RewardInput
-from anydecode.conformance import ToyModel, toy_context
 
 WORDS = ["<eos>", "the", "sea", "boat", "storm", "calm", "night", "wind", "rain"]
 

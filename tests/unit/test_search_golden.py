@@ -39,7 +39,7 @@ def cut(ids, eos):
 
 
 def anydecode_generate(model, prompt, decoder, **settings):
-    import anydecode.plugins.hf as hf
+    from anydecode.plugins import hf
 
     ids = torch.tensor([prompt])
     out = model.generate(ids, attention_mask=torch.ones_like(ids), custom_generate=hf.generate, decoder=decoder,
@@ -76,8 +76,8 @@ GRID = (list(itertools.product([[5, 17, 42, 9]], [2, 5], [1.0, 2.0], [False, Tru
 
 @pytest.mark.parametrize("prompt,beams,length_penalty,early_stopping", GRID)
 def test_beam_equals_transformers_5_num_beams_generation(tiny, prompt, beams, length_penalty, early_stopping):
-    settings = dict(num_beams=beams, num_return_sequences=beams, length_penalty=length_penalty,
-                    early_stopping=early_stopping, max_new_tokens=9)
+    settings = {"num_beams": beams, "num_return_sequences": beams, "length_penalty": length_penalty,
+                    "early_stopping": early_stopping, "max_new_tokens": 9}
     ids = torch.tensor([prompt])
     ref = tiny.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, return_dict_in_generate=True,
                         output_scores=True, pad_token_id=1, **settings)

@@ -6,13 +6,26 @@ import math
 
 import pytest
 import torch
+from anydecode.algorithms.search.rewards import (
+    CallableConfig,
+    CallableReward,
+    KeywordsConfig,
+    KeywordsReward,
+    LengthConfig,
+    LengthReward,
+    RegexConfig,
+    RegexReward,
+    Reward,
+    RewardError,
+    RewardInput,
+    RewardModelConfig,
+    RewardModelReward,
+    WeightedSum,
+    checked_scores,
+    label_index,
+)
 
 from anydecode import ConfigError, get_registry
-from anydecode.algorithms.search.rewards import (
-    CallableConfig, CallableReward, KeywordsConfig, KeywordsReward, LengthConfig, LengthReward, RegexConfig,
-    RegexReward, Reward, RewardError, RewardInput, RewardModelConfig, RewardModelReward, WeightedSum,
-    checked_scores, label_index,
-)
 
 
 def item(text, finished=True, tokens=()):
