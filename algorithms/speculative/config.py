@@ -16,11 +16,12 @@ class SpeculativeSampling(SamplingConfig):
     """
 
     temperature: float = config_field(0.0, ge=0.0, help="softmax temperature; 0 (the default) is greedy")
+    cost_aware: bool = config_field(True, help="greedy only: fit draft lengths to the measured cost of a forward")
 
 
 def sampling_part(config: DecoderConfig) -> SamplingConfig:
     """The plain sampling settings inside a speculative decoder's config."""
-    names = {f.name for f in dataclasses.fields(SamplingConfig)}
+    names = {f.name for f in SamplingConfig.fields()}
     return SamplingConfig(**{k: v for k, v in config.as_dict().items() if k in names})
 
 

@@ -22,6 +22,7 @@ from ..contracts.errors import ConfigError
 from ..contracts.session import ModelSession
 from ..sampling.warpers import warped_probs
 from .draft import Draft, Drafter
+from .schedule import DraftLengthController
 from .verify import Coins, SeededCoins, verify_chain, verify_chain_greedy, verify_tree
 
 
@@ -71,7 +72,8 @@ class _Step:
 class SpeculativeLoop:
     """Runs one ``generate`` call: a drafter, the target session and the user's sampling settings."""
 
-    def __init__(self, ctx: DecodeContext, drafter: Drafter, sampling: SamplingConfig, coins: Coins | None = None):
+    def __init__(self, ctx: DecodeContext, drafter: Drafter, sampling: SamplingConfig, coins: Coins | None = None,
+                 cost_aware: bool = True):
         if ctx.session is None or ctx.prompt_logits is None:
             raise ConfigError("speculative decoding needs a model session and the logits after the prompt")
         if ctx.max_new_tokens < 0:
@@ -85,6 +87,9 @@ class SpeculativeLoop:
         self.eos = frozenset(ctx.eos_token_ids)
         self.pad = min(self.eos) if self.eos else 0
         self.use_trees = drafter.tree and can_select(self.session)
+        # timing-driven draft lengths cannot change a greedy output; under sampling they would change which random
+        # numbers are used, and seeded runs must repeat
+        self.controller = DraftLengthController(self.session.batch_size) if cost_aware and self.greedy else None
         #: a transform the adapter applies before sampling (transformers' repetition penalty, ...): applied to the
         #: target's logits at every verified position, with that position's prefix
         self.pre_transform = ctx.extra.get("pre_transform")
@@ -109,7 +114,10 @@ class SpeculativeLoop:
         block, width = self._block(rows)
         if block is None:
             return prev.unsqueeze(1), 0
+        started = time.perf_counter()
         out = self.session.append(block)
+        if self.controller is not None:
+            self.controller.record_forward(width, time.perf_counter() - started)
         self.forward_passes += 1
         return torch.cat([prev.unsqueeze(1).to(out.dtype), out], dim=1), width
 
@@ -242,6 +250,9 @@ class SpeculativeLoop:
             if not any(active):
                 break
             limits = [max(0, ctx.max_new_tokens - len(generated[b]) - 1) if active[b] else 0 for b in range(rows)]
+            if self.controller is not None:
+                limits = [self.controller.limit(b, limits[b], len(pending[b])) if active[b] else 0
+                          for b in range(rows)]
             contexts = [prompts[b] + generated[b] for b in range(rows)]
             proposed = self.drafter.propose(contexts, limits)
             drafts = [clean_draft(proposed[b], limits[b], self.eos) if active[b] else Draft() for b in range(rows)]
@@ -257,6 +268,8 @@ class SpeculativeLoop:
                 drafted += len(drafts[b])
                 accepted += len(step.accepted_nodes[b])
                 self.drafter.feedback(b, drafts[b], step.accepted_nodes[b])
+                if self.controller is not None:
+                    self.controller.record_row(b, len(drafts[b]), len(step.accepted_nodes[b]))
                 emitted = step.accepted_tokens[b] + [step.next_tokens[b]]
                 for i, token in enumerate(emitted):
                     if token in self.eos:
@@ -314,6 +327,10 @@ class SpeculativeLoop:
 
 
 def speculative_decode(ctx: DecodeContext, drafter: Drafter, sampling: SamplingConfig,
-                       coins: Coins | None = None) -> DecodeResult:
-    """Generate with speculative decoding: lossless for any drafter, identical to greedy when temperature is 0."""
-    return SpeculativeLoop(ctx, drafter, sampling, coins).run()
+                       coins: Coins | None = None, cost_aware: bool = True) -> DecodeResult:
+    """Generate with speculative decoding: lossless for any drafter, identical to greedy when temperature is 0.
+
+    ``cost_aware`` (greedy only) caps draft lengths by the measured cost of target forwards
+    (``schedule.DraftLengthController``).
+    """
+    return SpeculativeLoop(ctx, drafter, sampling, coins, cost_aware).run()

@@ -113,7 +113,7 @@ def _run(config: DecoderConfig, ctx: DecodeContext, drafter_name: str, drafter_c
 
     sampling = sampling_part(config)
     drafter = _drafter_spec(drafter_name).factory(drafter_config, sampling, ctx)
-    return speculative_decode(ctx, drafter, sampling)
+    return speculative_decode(ctx, drafter, sampling, cost_aware=bool(getattr(config, "cost_aware", True)))
 
 
 def _run_speculative(config: SpeculativeConfig, ctx: DecodeContext) -> DecodeResult:

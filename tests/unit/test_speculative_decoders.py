@@ -112,7 +112,7 @@ def test_greedy_speculation_equals_greedy_decoding(name, settings, rows):
 def test_speculation_saves_target_passes_on_copying_text():
     model = copying_model(seed=1, noise=0.01)
     for name in ("prompt_lookup", "aded"):
-        result, _ = run(name, {}, model, PROMPTS[:1], 40)
+        result, _ = run(name, {"cost_aware": False}, model, PROMPTS[:1], 40)
         assert result.stats["tokens_per_forward"] > 2.0, name
 
 
@@ -140,11 +140,11 @@ def test_iad_copies_the_input_span_in_few_target_passes():
     model = editing_model(source)
     prompt = [38, 37] + source + [36]
     expected = greedy(model, [prompt], 40)
-    result, _ = run("iad", {}, model, [prompt], 40)
+    result, _ = run("iad", {"cost_aware": False}, model, [prompt], 40)
     assert result.sequences == expected.sequences and result.finish_reasons == ["stop"]
     # a mismatch at each edit and a re-alignment after it: a handful of passes for 31 tokens
     assert result.stats["forward_passes"] <= 8, result.stats
-    given, _ = run("iad", {"source_ids": tuple(source)}, model, [prompt], 40)
+    given, _ = run("iad", {"source_ids": tuple(source), "cost_aware": False}, model, [prompt], 40)
     assert given.sequences == expected.sequences and given.stats["forward_passes"] <= 8
 
 
@@ -185,7 +185,7 @@ def test_stops_at_eos_inside_a_draft_that_runs_past_it():
             pass
 
     ctx = toy_context(model, [[3, 1, 2]], 20)
-    result = speculative_decode(ctx, Fixed(), SpeculativeSampling())
+    result = speculative_decode(ctx, Fixed(), SpeculativeSampling(), cost_aware=False)
     assert result.sequences == [expected] and result.finish_reasons == ["stop"]
     assert result.stats["forward_passes"] == 1
 
@@ -197,6 +197,22 @@ def test_on_token_streams_every_emitted_token_in_order():
     result = dec.run(dec.configure({}), ctx)
     for row, seq in enumerate(result.sequences):
         assert [t for r, t in seen if r == row] == seq
+
+
+def test_cost_model_picks_long_drafts_when_forwards_cost_little_per_token_and_short_ones_otherwise():
+    from anydecode.algorithms.speculative.schedule import DraftLengthController
+
+    cheap = DraftLengthController(1)
+    costly = DraftLengthController(1)
+    for width in (1, 2, 4, 8, 16, 32):
+        cheap.record_forward(width, 0.100 + 0.001 * width)
+        costly.record_forward(width, 0.010 + 0.008 * width)
+    for _ in range(10):
+        cheap.record_row(0, 10, 9)
+        costly.record_row(0, 10, 9)
+    assert cheap.limit(0, 64, 1) >= 16
+    assert costly.limit(0, 64, 1) <= 4
+    assert DraftLengthController(1).limit(0, 12, 1) == 12  # nothing timed yet: the drafter's own cap
 
 
 def test_bad_input_names_the_value():

@@ -1,0 +1,72 @@
+"""Draft lengths chosen from measured cost and observed acceptance (greedy decoding only).
+
+Verifying ``k`` draft tokens yields ``E(k) = (1 - a^(k+1)) / (1 - a)`` tokens per target forward for a per-token
+acceptance ``a`` (Leviathan et al. 2023), and a forward over ``w`` tokens costs about ``c0 + c1 * w``. On a GPU
+``c1`` is near 0 and long drafts are free; on a CPU it is not (llama.cpp's quantised kernels cost nearly as much
+per token in a batch as alone), so the best ``k`` differs by runtime and machine. This controller fits ``c0`` and
+``c1`` to the forwards it has timed and picks the ``k`` that minimises the time per emitted token. It depends on
+wall-clock time, so it is used only where draft lengths cannot change the output: greedy decoding.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+
+class DraftLengthController:
+    """Per-row draft length from a linear cost model ``c0 + c1 * width`` and an acceptance estimate per row."""
+
+    def __init__(self, rows: int, history: int = 48, prior_acceptance: float = 0.8, decay: float = 0.8):
+        self.samples: deque[tuple[int, float]] = deque(maxlen=history)
+        self.decay = decay
+        # acceptance as a decayed ratio of accepted tokens to acceptance trials (accepted + first rejection)
+        self.hits = [4.0 * prior_acceptance] * rows
+        self.trials = [4.0] * rows
+
+    def record_forward(self, width: int, seconds: float) -> None:
+        self.samples.append((width, seconds))
+
+    def record_row(self, row: int, drafted: int, accepted: int) -> None:
+        if drafted == 0:
+            return
+        rejected = 1 if accepted < drafted else 0
+        self.hits[row] = self.decay * self.hits[row] + accepted
+        self.trials[row] = self.decay * self.trials[row] + accepted + rejected
+
+    def acceptance(self, row: int) -> float:
+        return min(max(self.hits[row] / max(self.trials[row], 1e-9), 0.0), 0.995)
+
+    def cost_model(self) -> tuple[float, float] | None:
+        """``(c0, c1)`` by least squares, or None until forwards of different widths were timed."""
+        if len(self.samples) < 4:
+            return None
+        n = len(self.samples)
+        mean_w = sum(w for w, _ in self.samples) / n
+        mean_t = sum(t for _, t in self.samples) / n
+        var = sum((w - mean_w) ** 2 for w, _ in self.samples)
+        if var <= 0:
+            return None
+        c1 = sum((w - mean_w) * (t - mean_t) for w, t in self.samples) / var
+        c1 = max(c1, 0.0)
+        c0 = max(mean_t - c1 * mean_w, 1e-6)
+        return c0, c1
+
+    def limit(self, row: int, cap: int, pending: int) -> int:
+        """The draft length in ``1..cap`` with the least expected time per emitted token (``cap`` until fitted)."""
+        if cap <= 1:
+            return cap
+        model = self.cost_model()
+        if model is None:
+            return cap
+        c0, c1 = model
+        a = self.acceptance(row)
+        best, best_time = cap, float("inf")
+        expected = 1.0
+        term = 1.0
+        for k in range(1, cap + 1):
+            term *= a
+            expected += term
+            per_token = (c0 + c1 * (pending + k)) / expected
+            if per_token < best_time - 1e-12:
+                best, best_time = k, per_token
+        return best
