@@ -132,6 +132,8 @@ def main() -> None:
     parser.add_argument("--beams", type=int, default=6)
     parser.add_argument("--groups", type=int, default=3)
     parser.add_argument("--deal", default="beam=2,k=4,lookahead=4,lam=2.0")
+    parser.add_argument("--decoders", default="greedy,beam,dbs,deal", help="which of greedy,beam,dbs,deal to run")
+    parser.add_argument("--tag", default="", help="suffix of the result file name")
     args = parser.parse_args()
     from anydecode.algorithms.search.rewards import KeywordsConfig, KeywordsReward, RewardInput
 
@@ -140,6 +142,7 @@ def main() -> None:
     sets = [json.loads(line) for line in (HERE / "workloads" / "keywords.jsonl").read_text().splitlines()
             if line.strip()][: args.sets]
     eos_free = (lambda ids: [t for t in ids if t not in (runtime.tokenizer.eos_token_id,)])
+    chosen = [d.strip() for d in args.decoders.split(",") if d.strip()]
     rows = []
     timing = {"beam": [0.0, 0], "dbs": [0.0, 0], "deal": [0.0, 0], "greedy": [0.0, 0]}
     for i, item in enumerate(sets):
@@ -153,6 +156,7 @@ def main() -> None:
                             "num_return_sequences": args.beams}),
             "deal": ("deal", {"reward": "keywords", "keywords": ",".join(item["keywords"]), **deal_settings}),
         }
+        runs = {k: v for k, v in runs.items() if k in chosen}
         order = list(runs) if i % 2 == 0 else list(reversed(runs))  # alternate A/B order between sets
         for name in order:
             decoder, settings = runs[name]
@@ -178,27 +182,36 @@ def main() -> None:
                 record[name].update(distinct_1=distinct_n(bodies, 1), distinct_2=distinct_n(bodies, 2),
                                     self_bleu=self_bleu(bodies), returned=len(bodies))
         rows.append(record)
-        print(f"[{i + 1}/{len(sets)}] " + "  ".join(f"{n}={record[n]['coverage']:.2f}" for n in runs), flush=True)
+        print(f"[{i + 1}/{len(sets)}] " + "  ".join(f"{n}={record[n]['coverage']:.2f} ({record[n]['seconds']:.1f}s)"
+                                                    for n in runs), flush=True)
 
     def mean(name, key):
         return sum(r[name][key] for r in rows) / len(rows)
 
-    summary = {
+    names = [n for n in ("greedy", "beam", "dbs", "deal") if n in chosen]
+    summary: dict = {
         "runtime": runtime.name,
         "sets": len(rows),
         "max_new_tokens": args.max_new_tokens,
-        "coverage": {n: mean(n, "coverage") for n in ("greedy", "beam", "dbs", "deal")},
-        "loglik_per_token": {n: mean(n, "loglik_per_token") for n in ("greedy", "beam", "dbs", "deal")},
-        "beam_tokens_per_second": {n: timing[n][1] / timing[n][0] for n in ("beam", "dbs")},
-        "dbs_over_beam_throughput": (timing["dbs"][1] / timing["dbs"][0]) / (timing["beam"][1] / timing["beam"][0]),
-        "diversity": {n: {k: mean(n, k) for k in ("distinct_1", "distinct_2", "self_bleu")} for n in ("beam", "dbs")},
-        "seconds_per_token": {n: mean(n, "seconds_per_token") for n in ("greedy", "beam", "deal")},
-        "deal_over_beam_cost_per_token": mean("deal", "seconds_per_token") / mean("beam", "seconds_per_token"),
+        "coverage": {n: mean(n, "coverage") for n in names},
+        "loglik_per_token": {n: mean(n, "loglik_per_token") for n in names},
+        "seconds_per_token": {n: mean(n, "seconds_per_token") for n in names},
         "settings": {"beams": args.beams, "groups": args.groups, "diversity_penalty": 1.0, "deal": deal_settings},
     }
+    if "beam" in chosen and "dbs" in chosen:
+        summary["beam_tokens_per_second"] = {n: timing[n][1] / timing[n][0] for n in ("beam", "dbs")}
+        summary["dbs_over_beam_throughput"] = summary["beam_tokens_per_second"]["dbs"] / \
+            summary["beam_tokens_per_second"]["beam"]
+        summary["diversity"] = {n: {k: mean(n, k) for k in ("distinct_1", "distinct_2", "self_bleu")}
+                                for n in ("beam", "dbs")}
+    if "beam" in chosen and "deal" in chosen:
+        summary["deal_over_beam_cost_per_token"] = mean("deal", "seconds_per_token") / mean("beam", "seconds_per_token")
+    if "greedy" in chosen and "deal" in chosen:
+        summary["deal_over_greedy_cost_per_token"] = (mean("deal", "seconds_per_token")
+                                                      / mean("greedy", "seconds_per_token"))
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
-    (out_dir / f"search_{runtime.name}.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+    (out_dir / f"search_{runtime.name}{args.tag}.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
     print(json.dumps(summary, indent=1))
 
 

@@ -71,7 +71,20 @@ class FinishedHypotheses:
 
 
 def best_hypotheses(groups: list[FinishedHypotheses], count: int) -> list[Hypothesis]:
-    """The ``count`` best hypotheses over the groups of one prompt, best first (ties: the later kept first)."""
+    """The ``count`` best hypotheses over the groups of one prompt, best first (ties: the later kept first).
+
+    A sequence that ended in several groups (typically the lone end-of-sequence token, which no diversity penalty
+    reaches because it never runs on) is returned once; repeats only fill the list when too few distinct
+    sequences ended. transformers 4.x returns such repeats as they come.
+    """
     pool = [h for group in groups for h in group.beams]
     ranked = sorted(pool, key=lambda h: h.score)
-    return [ranked.pop() for _ in range(min(count, len(ranked)))]
+    best_first = [ranked.pop() for _ in range(len(ranked))]
+    unique: list[Hypothesis] = []
+    repeats: list[Hypothesis] = []
+    seen: set[tuple[int, ...]] = set()
+    for hyp in best_first:
+        key = tuple(hyp.tokens)
+        (repeats if key in seen else unique).append(hyp)
+        seen.add(key)
+    return (unique + repeats)[:count]
