@@ -48,6 +48,9 @@ def build_command(args: argparse.Namespace, passthrough: list[str]) -> tuple[lis
     cmd += passthrough
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    # vLLM calls validate_params without the server's config: hand the defaults and tokenizer to the front end
+    env["ANYDECODE_VLLM_DEFAULTS"] = json.dumps(settings)
+    env["ANYDECODE_VLLM_TOKENIZER"] = model
     return cmd, env
 
 

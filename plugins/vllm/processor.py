@@ -13,6 +13,9 @@ requests with the same prompt and grammar inside the worker, because the transfo
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
+import os
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +23,8 @@ from typing import Any
 import torch
 
 from anydecode.algorithms.contracts.decoder import TransformContext
+from anydecode.algorithms.contracts.errors import AnydecodeError
+from anydecode.algorithms.contracts.transform import LogitsTransform
 
 from .settings import request_settings, resolve, server_defaults, validate
 
@@ -43,12 +48,66 @@ class _Row:
     eos: frozenset[int]
 
 
+logger = logging.getLogger("anydecode.vllm")
+#: set by ``anydecode serve`` for the API-server process, where vLLM gives validate_params no config
+ENV_DEFAULTS = "ANYDECODE_VLLM_DEFAULTS"
+ENV_TOKENIZER = "ANYDECODE_VLLM_TOKENIZER"
+
+
+def frontend_defaults() -> dict[str, Any]:
+    from vllm.config import get_current_vllm_config_or_none
+
+    config = get_current_vllm_config_or_none()
+    if config is not None and getattr(config, "additional_config", None):
+        return server_defaults(config)
+    raw = os.environ.get(ENV_DEFAULTS)
+    return json.loads(raw) if raw else {}
+
+
+class _FrontendChecker:
+    """Builds transforms in the API-server process only to prove a request's settings compile."""
+
+    def __init__(self, tokenizer_name: str):
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
+        eos = self.tokenizer.eos_token_id
+        self.context = TransformContext(vocab_size=len(self.tokenizer), tokenizer=self.tokenizer, runtime="vllm",
+                                        eos_token_ids=frozenset() if eos is None else frozenset({int(eos)}))
+        self.cache: dict[tuple, Any] = {}
+
+    def _transform_for(self, settings: dict[str, Any]) -> Any:
+        key = tuple(sorted((k, str(v)) for k, v in settings.items()))
+        if key not in self.cache:
+            decoder, config = resolve(settings)
+            self.cache[key] = decoder.transform(config, self.context)
+        return self.cache[key]
+
+
+_checker: _FrontendChecker | None = None
+
+
+def _frontend_checker() -> _FrontendChecker | None:
+    global _checker
+    name = os.environ.get(ENV_TOKENIZER)
+    if _checker is None and name:
+        _checker = _FrontendChecker(name)
+    return _checker
+
+
 _live_rows = 0  # rows held by all processors in this process (tests count leaks with it)
 _live_lock = threading.Lock()
 
 
 def live_rows() -> int:
     return _live_rows
+
+
+class _EndNow(LogitsTransform):
+    """Stands in for a transform whose settings failed in the worker: the request ends at once with EOS."""
+
+    def apply(self, state: Any, generated_ids: Sequence[int], logits: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("the request's anydecode settings could not be set up")
 
 
 class AnydecodeLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
@@ -69,13 +128,16 @@ class AnydecodeLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
     # -- shared ----------------------------------------------------------------------------------------------------
     @classmethod
     def validate_params(cls, sampling_params: Any) -> None:
-        from vllm.config import get_current_vllm_config
-
-        try:
-            defaults = server_defaults(get_current_vllm_config())
-        except Exception:  # outside an engine context: no server defaults
-            defaults = {}
+        """Runs in the API-server process: bad settings, and grammars that do not compile, become HTTP 400."""
+        defaults = frontend_defaults()
         validate(sampling_params, defaults)
+        settings = request_settings(getattr(sampling_params, "extra_args", None), defaults)
+        checker = _frontend_checker()
+        if settings is not None and checker is not None:
+            try:
+                checker._transform_for(settings)
+            except AnydecodeError as exc:
+                raise ValueError(f"anydecode: {exc}") from None
 
     def is_argmax_invariant(self) -> bool:
         return False  # masks and reweighting change the argmax
@@ -101,10 +163,15 @@ class AnydecodeLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
 
     def _add(self, index: int, params: Any, prompt_ids: Sequence[int] | None, output_ids: list[int]) -> bool:
         self._remove(index, "abort")
-        settings = request_settings(getattr(params, "extra_args", None), self.defaults)
-        if settings is None:
-            return False
-        transform = self._transform_for(settings)
+        try:
+            settings = request_settings(getattr(params, "extra_args", None), self.defaults)
+            if settings is None:
+                return False
+            transform = self._transform_for(settings)
+        except Exception as exc:  # validated in the front end already; a failure here must not kill the worker
+            logger.error("anydecode: cannot set up the request's settings (%s); ending that request", exc)
+            transform = _EndNow()
+            settings = {}
         prompt = list(prompt_ids or [])
         self.rows[index] = _Row(transform, transform.start(prompt), prompt, output_ids, self._eos or frozenset())
         global _live_rows
@@ -125,7 +192,14 @@ class AnydecodeLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
             _live_rows -= 1
 
     def _apply_row(self, row: _Row, logits_row: torch.Tensor) -> torch.Tensor:
-        out = row.transform.apply(row.state, row.output_ids, logits_row.float())
+        try:
+            out = row.transform.apply(row.state, row.output_ids, logits_row.float())
+        except Exception as exc:  # never take the engine down for one request: end it with EOS
+            logger.error("anydecode: %s failed on a request (%s); ending that request", type(row.transform).__name__,
+                         exc)
+            out = torch.full_like(logits_row, float("-inf"))
+            for eos in row.eos or {0}:
+                out[eos] = 0.0
         return out.to(logits_row.dtype)
 
     # -- V1 runner -------------------------------------------------------------------------------------------------
