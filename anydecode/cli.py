@@ -162,9 +162,13 @@ def _run_hf(args: argparse.Namespace, prompt: str, decoder: Any, config: Any,
             on_text: Callable[[str], None] | None, spinner: Spinner) -> tuple[list[dict[str, Any]], str]:
     import torch
 
+    from transformers.utils import logging as hf_logging
+
     from anydecode.models import default_gguf_path, load_hf
     from anydecode.plugins.hf import run_decoder
 
+    hf_logging.disable_progress_bar()  # the CLI shows its own progress
+    hf_logging.set_verbosity_error()
     with spinner:
         model, tokenizer = load_hf(args.model, progress=spinner.update)
     if args.chat:
@@ -176,23 +180,12 @@ def _run_hf(args: argparse.Namespace, prompt: str, decoder: Any, config: Any,
         raise UsageError("the prompt is empty")
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     results = []
-    for i in range(args.n):
-        shown: list[int] = []
-        printed = [""]
-
-        def on_token(row: int, token: int) -> None:
-            if on_text is None or row != 0 or token in eos:
-                return
-            shown.append(token)
-            text = tokenizer.decode(shown, skip_special_tokens=True)
-            if not text.endswith("\ufffd"):
-                on_text(text[len(printed[0]):])
-                printed[0] = text
-
+    for _ in range(args.n):
+        on_token = _text_streamer(tokenizer, set(eos), on_text)
         with torch.no_grad():
             result, _ = run_decoder(model, ids, decoder, config, max_new_tokens=args.max_new_tokens,
                                     eos_token_ids=eos, tokenizer=tokenizer,
-                                    on_token=on_token if decoder.kind == "transform" else None)
+                                    on_token=on_token if decoder.kind == "transform" and on_text else None)
         for j, seq in enumerate(result.sequences):
             text = tokenizer.decode([t for t in seq if t not in eos], skip_special_tokens=True)
             if on_text is not None and decoder.kind == "loop":
@@ -203,6 +196,23 @@ def _run_hf(args: argparse.Namespace, prompt: str, decoder: Any, config: Any,
         if on_text is not None and args.n > 1:
             on_text("\n")
     return results, str(args.model or default_gguf_path())
+
+
+def _text_streamer(tokenizer: Any, eos: set[int], on_text: Callable[[str], None] | None) -> Callable[[int, int], None]:
+    """An ``on_token`` callback printing row 0's new text, holding back incomplete characters."""
+    shown: list[int] = []
+    printed = [""]
+
+    def on_token(row: int, token: int) -> None:
+        if on_text is None or row != 0 or token in eos:
+            return
+        shown.append(token)
+        text = tokenizer.decode(shown, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):
+            on_text(text[len(printed[0]):])
+            printed[0] = text
+
+    return on_token
 
 
 def cmd_run(args: argparse.Namespace) -> int:
