@@ -148,7 +148,7 @@ class ADEDDrafter(Drafter):
         parents = draft.node_parents()
         accepted = set(accepted_path)
         for node, token in enumerate(draft.tokens):
-            chain = []
+            chain: list[int] = []
             cur = parents[node]
             while cur >= 0 and len(chain) < 2:
                 chain.append(draft.tokens[cur])

@@ -165,12 +165,14 @@ class SpeculativeLoop:
 
     def _transformed(self, sel: torch.Tensor, drafts: list[Draft], active: list[bool]) -> torch.Tensor:
         """The adapter's pre-sampling transform on each row's logits at each draft position."""
+        transform = self.pre_transform
+        assert transform is not None
         out = sel.clone()
         for b, d in enumerate(drafts):
             if not active[b]:
                 continue
             for j in range(min(len(d), sel.shape[1] - 1) + 1):
-                out[b, j] = self.pre_transform.apply(self.states[b], self.generated[b] + d.tokens[:j], sel[b, j])
+                out[b, j] = transform.apply(self.states[b], self.generated[b] + d.tokens[:j], sel[b, j])
         return out
 
     def _tree_step(self, prev: torch.Tensor, pending: list[list[int]], drafts: list[Draft],
@@ -203,7 +205,7 @@ class SpeculativeLoop:
             cache: dict[int, torch.Tensor] = {}
 
             def dist_at(node: int, _mine: list[int] = mine, _where: dict = where, _start: int = start,
-                        _cache: dict = cache) -> torch.Tensor | None:
+                        _cache: dict = cache, _row: int = b, _draft: Draft = d) -> torch.Tensor | None:
                 if node in _cache:
                     return _cache[node]
                 r, pos = (_mine[0], _start) if node < 0 else _where.get(node, (-1, -1))
@@ -211,8 +213,8 @@ class SpeculativeLoop:
                     return None
                 vec = seq[r, pos]
                 if self.pre_transform is not None:
-                    prefix = self.generated[b] + [d.tokens[i] for i in _path_to(d, node)]
-                    vec = self.pre_transform.apply(self.states[b], prefix, vec)
+                    prefix = self.generated[_row] + [_draft.tokens[i] for i in _path_to(_draft, node)]
+                    vec = self.pre_transform.apply(self.states[_row], prefix, vec)
                 vec = vec if self.greedy else warped_probs(vec, self.sampling)
                 _cache[node] = vec
                 return vec

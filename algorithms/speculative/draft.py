@@ -117,7 +117,7 @@ class AdaptiveDraftLength:
     def update(self, row: int, drafted: int, accepted: int) -> None:
         if not self.adaptive or drafted == 0:
             return
-        if accepted >= drafted and drafted >= self.lengths[row]:
+        if accepted >= drafted >= self.lengths[row]:
             self.lengths[row] = min(self.lengths[row] + 2, self.maximum)
         elif accepted < drafted:
             self.lengths[row] = max(self.lengths[row] - 1, self.minimum)

@@ -136,8 +136,8 @@ class DraftModelDrafter(Drafter):
             position += 1
         out = []
         for row in range(rows):
-            q = None if self.deterministic or not dists[row] else torch.stack(dists[row])
-            out.append(Draft(drafts[row][: wants[row]], None, None if q is None else q[: wants[row]]))
+            q = None if self.deterministic or not dists[row] else torch.stack(dists[row])[: wants[row]]
+            out.append(Draft(drafts[row][: wants[row]], None, q))
         return out
 
     def feedback(self, row: int, draft: Draft, accepted_path: Sequence[int]) -> None:

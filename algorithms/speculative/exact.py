@@ -7,7 +7,7 @@ not a re-derivation of it, with the target distribution.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 
 import torch
 
@@ -23,7 +23,7 @@ class ScriptedCoins(Coins):
         self.weight = 1.0
         self.arity: dict[int, int] = {}
 
-    def _decide(self, options: list[tuple[object, float]]) -> object:
+    def _decide(self, options: Sequence[tuple[object, float]]) -> object:
         if self.position >= len(self.script):
             self.script.append(0)
             self.arity[self.position] = len(options)

@@ -12,9 +12,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from anydecode.algorithms.contracts.config import DecoderConfig, config_field
-from anydecode.algorithms.contracts.decoder import DecodeContext, DecodeResult, Decoder
+from anydecode.algorithms.contracts.decoder import DecodeContext, Decoder, DecodeResult
 from anydecode.algorithms.contracts.errors import ConfigError
-from anydecode.algorithms.speculative.config import SpeculativeSampling, drafter_part, sampling_part, shortcut_config
+from anydecode.algorithms.speculative.config import (
+    SpeculativeSampling,
+    drafter_part,
+    sampling_part,
+    shortcut_config,
+)
 from anydecode.hookspecs import hookimpl
 from anydecode.registry import ComponentSpec
 
@@ -89,7 +94,7 @@ class SpeculativeConfig(SpeculativeSampling):
 
     drafter: str = config_field("prompt_lookup", help="registered drafter (anydecode decoders lists them)")
     #: the drafter's validated settings as (name, value) pairs; give them as plain keyword settings
-    drafter_settings: Any = config_field((), help="the drafter's settings as (name, value) pairs")
+    drafter_settings: tuple = config_field((), help="the drafter's settings as (name, value) pairs")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None = None, *, from_strings: bool = False,

@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-
 from anydecode.algorithms.speculative.aded import ADEDConfig, ADEDDrafter
 from anydecode.algorithms.speculative.draft import Draft, Drafter
 from anydecode.algorithms.speculative.iad import IADConfig, IADDrafter
@@ -27,7 +26,7 @@ from ._runtime import import_llama_cpp
 LlamaDraftModel = import_llama_cpp().llama_speculative.LlamaDraftModel
 
 
-class DrafterDraftModel(LlamaDraftModel):
+class DrafterDraftModel(LlamaDraftModel):  # type: ignore[misc, valid-type]
     """Runs one anydecode drafter on llama.cpp's single sequence; tree drafts give their first-child chain."""
 
     def __init__(self, make_drafter: Callable[[], Drafter], num_pred_tokens: int):
@@ -57,6 +56,7 @@ class DrafterDraftModel(LlamaDraftModel):
                     break
                 kept += 1
             kept = min(kept, len(tail) - 1)
+            assert self.drafter is not None
             self.drafter.feedback(0, self._draft, list(range(kept)))
             self.accepted += kept
         assert self.drafter is not None

@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import anydecode.plugins.hf as H
 import pytest
 import torch
-
-import anydecode
-import anydecode.plugins.hf as H
 from anydecode.conformance import chi_square_test
 from anydecode.plugins.hf.generate import run_decoder
 from anydecode.plugins.hf.session import HFSession
+
+import anydecode
 
 pytestmark = pytest.mark.integration
 
@@ -62,12 +62,12 @@ def test_draft_model_speculation_equals_greedy_and_accepts_everything_from_the_s
     """The target as its own draft model: every draft token is accepted, output identical to greedy."""
     model, tokenizer = hf
     enc = chat_ids(tokenizer, EDITING[:2])
-    native = model.generate(**enc, max_new_tokens=MAX_NEW, do_sample=False)
+    native = model.generate(**enc, max_new_tokens=20, do_sample=False)
     draft = HFSession(model, [tokenizer.eos_token_id])
     draft.start(enc["input_ids"], enc["attention_mask"])
     dec = anydecode.get_decoder("speculative")
     result, _ = run_decoder(model, enc["input_ids"], dec, dec.configure({"drafter": "draft_model"}),
-                            attention_mask=enc["attention_mask"], max_new_tokens=MAX_NEW,
+                            attention_mask=enc["attention_mask"], max_new_tokens=20,
                             eos_token_ids=[tokenizer.eos_token_id], extra={"draft_session": draft})
     width = enc["input_ids"].shape[1]
     for row, seq in enumerate(result.sequences):
@@ -80,8 +80,8 @@ def test_iad_with_a_source_text_and_sampling_is_seeded(hf):
     model, tokenizer = hf
     enc = chat_ids(tokenizer, EDITING[:1])
     source = EDITING[0].split("\n\n", 1)[1]
-    kwargs = dict(custom_generate=H.generate, decoder="iad", source=source, anydecode_tokenizer=tokenizer,
-                  max_new_tokens=24, do_sample=True, temperature=0.7, seed=3)
+    kwargs = {"custom_generate": H.generate, "decoder": "iad", "source": source, "anydecode_tokenizer": tokenizer,
+              "max_new_tokens": 24, "do_sample": True, "temperature": 0.7, "seed": 3}
     a = model.generate(**enc, **kwargs)
     b = model.generate(**enc, **kwargs)
     assert a.tolist() == b.tolist()

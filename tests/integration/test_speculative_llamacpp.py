@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
-import anydecode
 import anydecode.plugins.llamacpp as L
+import pytest
 from anydecode.algorithms.contracts.decoder import DecodeContext
 from anydecode.plugins.llamacpp.session import LlamaSession
 from anydecode.plugins.llamacpp.text import prompt_ids
+
+import anydecode
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +67,7 @@ def test_draft_model_speculation_with_a_second_llama(llm):
 
 
 def test_sampling_is_seeded_and_bounded(llm):
-    kwargs = dict(decoder="iad", max_new_tokens=32, chat=True, temperature=0.8, top_p=0.95, seed=7)
+    kwargs = {"decoder": "iad", "max_new_tokens": 32, "chat": True, "temperature": 0.8, "top_p": 0.95, "seed": 7}
     a = L.generate(llm, EDITING[1], **kwargs)
     b = L.generate(llm, EDITING[1], **kwargs)
     assert a.token_ids == b.token_ids and len(a.token_ids) <= 32
@@ -77,10 +77,10 @@ def test_sampling_is_seeded_and_bounded(llm):
 @pytest.mark.parametrize("name", ["IADDraftModel", "ADEDDraftModel", "PromptLookupDraftModel"])
 def test_llama_draft_models_keep_greedy_output(name):
     """``Llama(draft_model=...)`` with each anydecode drafter gives the same greedy text as a plain Llama."""
+    from anydecode.plugins.llamacpp import draft as draft_models
     from llama_cpp import Llama
 
     from anydecode.models import default_gguf_path
-    from anydecode.plugins.llamacpp import draft as draft_models
 
     path = str(default_gguf_path())
     prompt = ("<|im_start|>user\n" + EDITING[1] + "<|im_end|>\n<|im_start|>assistant\n")

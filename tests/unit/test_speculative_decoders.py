@@ -10,8 +10,6 @@ import hashlib
 import numpy as np
 import pytest
 import torch
-
-import anydecode
 from anydecode.algorithms.contracts.errors import ConfigError, RegistryError
 from anydecode.algorithms.sampling.warpers import warped_probs
 from anydecode.algorithms.speculative.config import SpeculativeSampling
@@ -20,6 +18,8 @@ from anydecode.algorithms.speculative.draft import Draft
 from anydecode.algorithms.speculative.draft_model import DraftModelConfig, DraftModelDrafter
 from anydecode.conformance import ToyModel, ToySession, chi_square_test, enumerate_sequences
 from anydecode.conformance import toy_context as _toy_context
+
+import anydecode
 
 VOCAB = 9
 EOS = 8

@@ -11,9 +11,6 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from anydecode.algorithms.contracts.config import SamplingConfig
 from anydecode.algorithms.sampling.warpers import warped_probs
 from anydecode.algorithms.speculative import verify as verify_mod
@@ -25,6 +22,8 @@ from anydecode.algorithms.speculative.verify import (
     verify_tree,
 )
 from anydecode.conformance import ToyModel
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 PROMPT = (0,)
 
