@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 PROCESSOR = "anydecode.plugins.vllm:AnydecodeLogitsProcessor"
+WORKER_EXTENSION = "anydecode.plugins.vllm.worker.AnydecodeWorkerExtension"
 #: defaults for the embedded model on a CPU machine (any given vLLM option wins)
 EMBEDDED_DEFAULTS = {"--dtype": "float32", "--max-model-len": "2048"}
 
@@ -43,6 +44,8 @@ def build_command(args: argparse.Namespace, passthrough: list[str]) -> tuple[lis
         raise UsageError("anydecode serve sets --logits-processors itself; drop it from the command line")
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
            "--logits-processors", PROCESSOR]
+    if "--worker-extension-cls" not in passthrough:
+        cmd += ["--worker-extension-cls", WORKER_EXTENSION]
     if settings:
         cmd += ["--additional-config", json.dumps({CONFIG_KEY: settings})]
     cmd += passthrough

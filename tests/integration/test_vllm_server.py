@@ -1,5 +1,7 @@
 """``anydecode serve`` starts vLLM's real OpenAI server on 127.0.0.1; the openai client drives it."""
 
+import concurrent.futures
+import json
 import os
 import socket
 import subprocess
@@ -29,7 +31,8 @@ def server(tmp_path_factory):
     proc = subprocess.Popen([sys.executable, "-m", "anydecode.cli", "serve", "--host", "127.0.0.1", "--port",
                              str(port), "--max-model-len", "1024", "--max-num-seqs", "8", "--enforce-eager",
                              "--served-model-name", "smol"],
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+                            stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_SERVER_DEV_MODE": "1"})
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 600
     try:
@@ -45,7 +48,7 @@ def server(tmp_path_factory):
             if time.time() > deadline:
                 raise RuntimeError(f"anydecode serve did not come up in 600 s; log: {log.name}")
             time.sleep(2)
-        yield openai.OpenAI(base_url=base + "/v1", api_key="none", timeout=120), proc
+        yield openai.OpenAI(base_url=base + "/v1", api_key="none", timeout=300, max_retries=0), proc
     finally:
         proc.terminate()
         try:
@@ -86,5 +89,76 @@ def test_bad_requests_get_http_400_and_the_server_keeps_serving(server):
         with pytest.raises(openai.BadRequestError) as info:
             complete(client, "x", xargs)
         assert info.value.status_code == 400 and message in str(info.value)
+    assert proc.poll() is None
+    assert complete(client, "The capital of France is", temperature=0)
+
+
+def live_rows(client):
+    base = str(client.base_url).rstrip("/").removesuffix("/v1")
+    req = urllib.request.Request(base + "/collective_rpc", data=json.dumps({"method": "anydecode_live_rows"}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return sum(int(x) for x in json.loads(r.read())["results"])
+
+
+def test_64_concurrent_requests_with_invalid_ones_interleaved(server):
+    client, proc = server
+    schema = json.dumps({"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+                         "additionalProperties": False})
+    kinds = [
+        ("plain", None, None),
+        ("gcd", {"decoder": "gcd", "grammar": YES_NO, "grammar_format": "gbnf"}, {" yes", " no"}),
+        ("asap", {"decoder": "asap", "grammar": schema, "grammar_format": "json_schema"}, "json"),
+        ("bad-grammar", {"decoder": "gcd", "grammar": "root ::= (", "grammar_format": "gbnf"}, 400),
+        ("bad-decoder", {"decoder": "nonesuch"}, 400),
+        ("bad-type", {"decoder": "sample", "temperature": "hot"}, 400),
+    ]
+    jobs = [kinds[i % len(kinds)] for i in range(64)]
+
+    def one(job):
+        name, xargs, expect = job
+        try:
+            text = complete(client, "Reply in JSON: is the sky blue?" if name == "asap" else "Is the sky blue? Answer:",
+                            xargs, temperature=1.0, seed=7, max_tokens=24)
+            return name, "ok", text, expect
+        except openai.BadRequestError as exc:
+            return name, 400, str(exc), expect
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=64) as pool:
+        results = list(pool.map(one, jobs))
+    for name, status, text, expect in results:
+        if expect == 400:
+            assert status == 400, (name, text)
+        else:
+            assert status == "ok", (name, text)
+            if expect == "json":
+                assert json.loads(text)["ok"] in (True, False)
+            elif expect is not None:
+                assert text in expect, (name, text)
+    assert proc.poll() is None
+    assert live_rows(client) == 0
+
+
+def test_aborted_requests_leave_no_state_behind(server):
+    client, proc = server
+    base = str(client.base_url)
+    body = {"model": "smol", "prompt": "Count from one to one thousand:", "max_tokens": 400, "stream": True,
+            "vllm_xargs": {"decoder": "gcd", "grammar": "root ::= [a-z ]+", "grammar_format": "gbnf"}}
+
+    def start_and_abort(_):
+        import httpx
+
+        with httpx.Client(timeout=120) as http:
+            with http.stream("POST", base.rstrip("/") + "/completions", json=body) as resp:
+                for _chunk in resp.iter_lines():
+                    break  # the first chunk arrived: generation is under way; closing the stream aborts it
+        return True
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
+        assert all(pool.map(start_and_abort, range(500)))
+    deadline = time.time() + 120
+    while live_rows(client) and time.time() < deadline:
+        time.sleep(1)
+    assert live_rows(client) == 0
     assert proc.poll() is None
     assert complete(client, "The capital of France is", temperature=0)
