@@ -1,4 +1,5 @@
-"""vLLM adapter: ``--logits-processors anydecode.plugins.vllm:AnydecodeLogitsProcessor`` for transform decoders.
+"""vLLM adapter: ``--logits-processors anydecode.plugins.vllm:AnydecodeLogitsProcessor`` for transform decoders,
+``generate(llm, prompts, decoder=...)`` for loop decoders over the engine.
 
 Importing this package does not import vLLM; ``AnydecodeLogitsProcessor`` is loaded on first access (vLLM
 resolves ``module:Class`` with getattr, so the lazy attribute works for ``--logits-processors`` too).
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["AnydecodeLogitsProcessor"]
+__all__ = ["AnydecodeLogitsProcessor", "generate"]
 
 
 def __getattr__(name: str) -> Any:
@@ -16,4 +17,8 @@ def __getattr__(name: str) -> Any:
         from .processor import AnydecodeLogitsProcessor
 
         return AnydecodeLogitsProcessor
+    if name == "generate":
+        from .offline import generate
+
+        return generate
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -95,3 +95,32 @@ def test_grammar_decoders_refuse_vllm_structured_outputs(llm):
                                  extra_args={"decoder": "gcd", "grammar": YES_NO, "grammar_format": "gbnf"})
     with pytest.raises(Exception, match="cannot be combined with vLLM's structured outputs"):
         llm.generate(["x"], params)
+
+
+@pytest.fixture(scope="module")
+def hf_model():
+    import anydecode.plugins.hf as hf
+
+    return hf.load_default()
+
+
+@pytest.mark.parametrize("decoder,settings", [
+    ("beam", {"num_beams": 3}),
+    ("dbs", {"num_beams": 4, "num_beam_groups": 2, "diversity_penalty": 0.5}),
+])
+def test_search_decoders_over_the_engine_equal_the_transformers_plugin(llm, hf_model, decoder, settings):
+    import anydecode.plugins.hf as hf
+    from anydecode.plugins.vllm import generate
+
+    model, tok = hf_model
+    for prompt in ("The capital of France is", "Once upon a time"):
+        ours = generate(llm, [prompt], decoder=decoder, max_new_tokens=10,
+                        num_return_sequences=settings["num_beams"], **settings)[0]
+        ids = tok(prompt, return_tensors="pt").input_ids
+        ref = model.generate(ids, custom_generate=hf.generate, decoder=decoder, max_new_tokens=10,
+                             return_dict_in_generate=True, num_return_sequences=settings["num_beams"], **settings)
+        ref_seqs = [row[ids.shape[1]:].tolist() for row in ref.sequences]
+        ref_seqs = [[t for t in s if t != tok.pad_token_id] for s in ref_seqs]
+        got = [s.token_ids for s in ours.sequences]
+        assert got == ref_seqs, (prompt, got, ref_seqs)
+        assert [round(s.score, 3) for s in ours.sequences] == pytest.approx(ref.sequences_scores.tolist(), abs=2e-3)
