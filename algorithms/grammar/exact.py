@@ -193,7 +193,7 @@ def _signature(trie: AsapTrie) -> frozenset:
     return frozenset((path, round(e, 14)) for path, e in zip(_paths(rec), rec["efg"]) if e < 1.0)
 
 
-def _paths(rec: dict[str, Sequence]) -> list[tuple[int, ...]]:
+def _paths(rec: Mapping[str, Sequence]) -> list[tuple[int, ...]]:
     paths: list[tuple[int, ...]] = []
     for i, up in enumerate(rec["parent"]):
         paths.append(() if up == -1 else paths[up] + (int(rec["token"][i]),))

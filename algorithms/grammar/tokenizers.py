@@ -105,7 +105,8 @@ def toy_vocabulary(pieces: Sequence[str | bytes | None], eos_token_id: int | Non
     specials = frozenset(i for i, p in enumerate(pieces) if p is None)
     if eos_token_id is None:
         if not specials:
-            raise ConfigError("a toy vocabulary needs an end-of-sequence token: add None to pieces or pass eos_token_id")
+            raise ConfigError("a toy vocabulary needs an end-of-sequence token: add None to pieces or pass "
+                              "eos_token_id")
         eos_token_id = max(specials)
     return TokenVocabulary(token_bytes, frozenset({eos_token_id}), specials | {eos_token_id}, source="toy")
 

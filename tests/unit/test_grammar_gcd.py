@@ -1,7 +1,6 @@
 """The gcd decoder: exactly the model restricted to the grammar's allowed tokens, then the sampling warpers."""
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
