@@ -58,6 +58,36 @@ def _path_to(draft: Draft, node: int) -> list[int]:
     return path[::-1]
 
 
+class _Logits:
+    """Logits before a block (``prev``, ``(rows, vocab)``) and after each of its tokens (``out``), indexed as one
+    sequence ``[prev, out_0, out_1, ...]`` without concatenating them (a copy of ``width x vocab`` per step)."""
+
+    def __init__(self, prev: torch.Tensor, out: torch.Tensor | None):
+        self.prev = prev
+        self.out = out
+
+    def at(self, index: int) -> torch.Tensor:
+        """``(rows, vocab)`` at one position of the sequence."""
+        return self.prev if index == 0 or self.out is None else self.out[:, index - 1]
+
+    def row(self, row: int, index: int) -> torch.Tensor:
+        return self.prev[row] if index == 0 or self.out is None else self.out[row, index - 1]
+
+    def take(self, rows: Sequence[int]) -> _Logits:
+        return _Logits(self.prev[list(rows)], None if self.out is None else self.out[list(rows)])
+
+    def argmax(self) -> torch.Tensor:
+        """Argmax at every position, ``(rows, width + 1)``."""
+        first = self.prev.argmax(dim=-1, keepdim=True)
+        return first if self.out is None else torch.cat([first, self.out.argmax(dim=-1)], dim=1)
+
+    def gather(self, index: torch.Tensor) -> torch.Tensor:
+        """``(rows, D, vocab)``: position ``index[r, j]`` of each row."""
+        full = self.prev.unsqueeze(1) if self.out is None else torch.cat(
+            [self.prev.unsqueeze(1).to(self.out.dtype), self.out], dim=1)
+        return full.gather(1, index.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
+
+
 class _Step:
     """What one verification step decided for each row."""
 
@@ -65,7 +95,7 @@ class _Step:
         self.accepted_nodes: list[list[int]] = [[] for _ in range(rows)]
         self.accepted_tokens: list[list[int]] = [[] for _ in range(rows)]
         self.next_tokens: list[int] = [0] * rows
-        self.logits: torch.Tensor | None = None  # (rows, W + 1, vocab): before the block, then after each token
+        self.logits: _Logits | None = None  # before the block, then after each of its tokens
         self.width = 0
 
 
@@ -110,16 +140,13 @@ class SpeculativeLoop:
                 block[i, len(r):] = r[-1]
         return block, width
 
-    def _forward(self, prev: torch.Tensor, rows: Sequence[list[int]]) -> tuple[torch.Tensor, int]:
+    def _forward(self, prev: torch.Tensor, rows: Sequence[list[int]]) -> tuple[_Logits, int]:
         block, width = self._block(rows)
         if block is None:
-            return prev.unsqueeze(1), 0
-        started = time.perf_counter()
+            return _Logits(prev, None), 0
         out = self.session.append(block)
-        if self.controller is not None:
-            self.controller.record_forward(width, time.perf_counter() - started)
         self.forward_passes += 1
-        return torch.cat([prev.unsqueeze(1).to(out.dtype), out], dim=1), width
+        return _Logits(prev, out), width
 
     def _chain_step(self, prev: torch.Tensor, pending: list[list[int]], drafts: list[Draft],
                     active: list[bool]) -> _Step:
@@ -137,19 +164,19 @@ class SpeculativeLoop:
             if active[b] and len(d):
                 draft_t[b, : len(d)] = torch.tensor(d.tokens, dtype=torch.long)
         if self.greedy and self.pre_transform is None:
-            targets = seq.argmax(dim=-1).gather(1, index)
+            targets = seq.argmax().gather(1, index)
             n, nxt = verify_chain_greedy(draft_t, lengths, targets)
         elif self.greedy:
-            sel = self._transformed(seq.gather(1, index.unsqueeze(-1).expand(-1, -1, seq.shape[-1])), drafts, active)
+            sel = self._transformed(seq.gather(index), drafts, active)
             n, nxt = verify_chain_greedy(draft_t, lengths, sel.argmax(dim=-1))
         else:
-            sel = seq.gather(1, index.unsqueeze(-1).expand(-1, -1, seq.shape[-1]))
+            sel = seq.gather(index)
             if self.pre_transform is not None:
                 sel = self._transformed(sel, drafts, active)
             p = warped_probs(sel, self.sampling)
             q = None
             if not self.drafter.deterministic:
-                q = torch.zeros(rows, depth, seq.shape[-1], dtype=torch.float64)
+                q = torch.zeros(rows, depth, sel.shape[-1], dtype=torch.float64)
                 for b, d in enumerate(drafts):
                     if active[b] and len(d):
                         if d.q is None:
@@ -211,7 +238,7 @@ class SpeculativeLoop:
                 r, pos = (_mine[0], _start) if node < 0 else _where.get(node, (-1, -1))
                 if r < 0:
                     return None
-                vec = seq[r, pos]
+                vec = seq.row(r, pos)
                 if self.pre_transform is not None:
                     prefix = self.generated[_row] + [_draft.tokens[i] for i in _path_to(_draft, node)]
                     vec = self.pre_transform.apply(self.states[_row], prefix, vec)
@@ -227,7 +254,7 @@ class SpeculativeLoop:
             step.accepted_tokens[b] = [d.tokens[i] for i in path]
             step.next_tokens[b] = token
         self.session.select(winners)
-        step.logits, step.width = seq[winners], width
+        step.logits, step.width = seq.take(winners), width
         return step
 
     # -- the loop -------------------------------------------------------------------------------------------------
@@ -256,13 +283,19 @@ class SpeculativeLoop:
                 limits = [self.controller.limit(b, limits[b], len(pending[b])) if active[b] else 0
                           for b in range(rows)]
             contexts = [prompts[b] + generated[b] for b in range(rows)]
+            draft_started = time.perf_counter()
             proposed = self.drafter.propose(contexts, limits)
+            draft_seconds = time.perf_counter() - draft_started
             drafts = [clean_draft(proposed[b], limits[b], self.eos) if active[b] else Draft() for b in range(rows)]
+            step_started = time.perf_counter()
             if self.use_trees and any(len(d) and not d.is_chain for d in drafts):
                 step = self._tree_step(prev, pending, drafts, active)
             else:
                 step = self._chain_step(prev, pending, [_as_chain(d) for d in drafts], active)
             steps += 1
+            if self.controller is not None and step.width:
+                # the whole step (drafting, forward, verification) is what a longer or shorter draft trades against
+                self.controller.record_forward(step.width, time.perf_counter() - step_started + draft_seconds)
             keep = []
             for b in range(rows):
                 if not active[b]:
@@ -302,7 +335,7 @@ class SpeculativeLoop:
             if drop > 0:
                 session.truncate(session.length - drop)
             assert step.logits is not None
-            prev = step.logits[:, common]
+            prev = step.logits.at(common)
             for b in range(rows):
                 if reasons[b] is None:
                     pending[b] = (pending[b] + step.accepted_tokens[b])[common:] + [step.next_tokens[b]]
