@@ -16,8 +16,12 @@ from collections import deque
 class DraftLengthController:
     """Per-row draft length from a linear cost model ``c0 + c1 * width`` and an acceptance estimate per row."""
 
-    def __init__(self, rows: int, history: int = 48, prior_acceptance: float = 0.8, decay: float = 0.8):
+    def __init__(self, rows: int, history: int = 48, prior_acceptance: float = 0.8, decay: float = 0.8,
+                 probe_every: int = 8):
         self.samples: deque[tuple[int, float]] = deque(maxlen=history)
+        #: after this many steps without drafting, a row drafts again to re-measure its acceptance
+        self.probe_every = probe_every
+        self.idle = [0] * rows
         self.decay = decay
         # acceptance as a decayed ratio of accepted tokens to acceptance trials (accepted + first rejection)
         self.hits = [4.0 * prior_acceptance] * rows
@@ -52,15 +56,19 @@ class DraftLengthController:
         return c0, c1
 
     def limit(self, row: int, cap: int, pending: int) -> int:
-        """The draft length in ``1..cap`` with the least expected time per emitted token (``cap`` until fitted)."""
-        if cap <= 1:
+        """The draft length in ``0..cap`` with the least expected time per emitted token (``cap`` until fitted).
+
+        0 (plain decoding) when no draft pays for its cost; every ``probe_every`` such steps the row drafts
+        anyway, so a change in acceptance (IAD re-aligned with its input) is noticed.
+        """
+        if cap <= 0:
             return cap
         model = self.cost_model()
         if model is None:
             return cap
         c0, c1 = model
         a = self.acceptance(row)
-        best, best_time = cap, float("inf")
+        best, best_time = 0, c0 + c1 * pending
         expected = 1.0
         term = 1.0
         for k in range(1, cap + 1):
@@ -69,4 +77,11 @@ class DraftLengthController:
             per_token = (c0 + c1 * (pending + k)) / expected
             if per_token < best_time - 1e-12:
                 best, best_time = k, per_token
+        if best == 0:
+            self.idle[row] += 1
+            if self.idle[row] >= self.probe_every:
+                self.idle[row] = 0
+                return cap
+        else:
+            self.idle[row] = 0
         return best

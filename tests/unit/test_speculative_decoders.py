@@ -213,6 +213,12 @@ def test_cost_model_picks_long_drafts_when_forwards_cost_little_per_token_and_sh
     assert cheap.limit(0, 64, 1) >= 16
     assert costly.limit(0, 64, 1) <= 4
     assert DraftLengthController(1).limit(0, 12, 1) == 12  # nothing timed yet: the drafter's own cap
+    hopeless = DraftLengthController(1, probe_every=3)
+    for width in (1, 2, 4, 8):
+        hopeless.record_forward(width, 0.010 * width)  # a draft token costs as much as a forward
+    for _ in range(10):
+        hopeless.record_row(0, 8, 0)
+    assert [hopeless.limit(0, 8, 1) for _ in range(6)] == [0, 0, 8, 0, 0, 8]
 
 
 def test_bad_input_names_the_value():
