@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -57,7 +58,39 @@ def record_paths(llm, grammar: str, fmt: str, prompt: str, samples: int):
     return paths
 
 
-def time_transforms(llm, paths, grammar, fmt, engines, rounds):
+class ReferenceLoopAsap:
+    """The reference code's reweighting, for comparison: a Python loop over the allowed tokens at each step
+    (children inserted one by one with ``.item()`` reads, as transformers-GAD does), over the same llguidance
+    masks. Same outputs as the ``asap`` transform for a fresh trie; only the cost differs."""
+
+    def __init__(self, compiled):
+        self.compiled = compiled
+        self.children: dict = {}
+
+    def start(self, prompt_ids):
+        return {"matcher": self.compiled.matcher(), "prefix": ()}
+
+    def apply(self, state, generated_ids, logits):
+        import torch
+
+        for token in list(generated_ids)[len(state["prefix"]):]:
+            state["matcher"].consume(token)
+        state["prefix"] = tuple(generated_ids)
+        allowed = state["matcher"].allowed_tokens()
+        probs = torch.softmax(logits, dim=-1)
+        node = self.children.setdefault(state["prefix"], {})
+        out = torch.full_like(logits, float("-inf"))
+        for idx in torch.nonzero(allowed).flatten().tolist():  # the per-token loop of the reference code
+            p = probs[idx].item()
+            efg = node.setdefault(idx, [p, 1.0])[1]
+            out[idx] = math.log(p) + math.log(efg) if p > 0 and efg > 0 else float("-inf")
+        return out
+
+    def finish(self, state, generated_ids, reason):
+        return None
+
+
+def time_transforms(llm, paths, grammar, fmt, engines, rounds, reference_loop=False):
     """Median and mean microseconds per apply() of each decoder's transform along the recorded paths."""
     from anydecode.algorithms.contracts.decoder import TransformContext
     from anydecode.algorithms.grammar import forget_asap_state
@@ -73,6 +106,9 @@ def time_transforms(llm, paths, grammar, fmt, engines, rounds):
         dec = get_decoder(name)
         settings = {} if engine is None else {"grammar": grammar, "grammar_format": fmt, "engine": engine}
         transforms[(name, engine)] = dec.transform(dec.configure(settings), ctx)
+    if reference_loop:
+        variants.append(("asap-reference-loop", "llguidance"))
+        transforms[variants[-1]] = ReferenceLoopAsap(transforms[("asap", "llguidance")].compiled)
     times: dict = {v: [] for v in variants}
     for _round in range(rounds):
         for variant in variants:  # decoders alternate, so load changes hit all of them alike
@@ -146,6 +182,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="replays of the recorded paths per decoder")
     parser.add_argument("--memory-samples", type=int, default=60)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only-transform", action="store_true", help="skip the end-to-end and memory parts")
+    parser.add_argument("--reference-loop", action="store_true",
+                        help="also time the reference code's per-token Python loop (slow)")
     parser.add_argument("--out", default=str(HERE / "results" / "grammar_overhead.json"))
     args = parser.parse_args()
 
@@ -158,13 +197,18 @@ def main() -> None:
                      "load_average_start": os.getloadavg()}
     for fmt, grammar, prompt, engines in TASKS:
         paths = record_paths(llm, grammar, fmt, prompt, args.samples)
-        results["transform"][fmt] = time_transforms(llm, paths, grammar, fmt, engines, args.rounds)
-        results["end_to_end"][fmt] = time_end_to_end(llm, grammar, fmt, prompt, "llguidance", args.samples)
-    fmt, grammar, prompt, _ = TASKS[0]
-    results["memory"][fmt] = trie_memory(llm, grammar, fmt, prompt, args.memory_samples)
+        results["transform"][fmt] = time_transforms(llm, paths, grammar, fmt, engines, args.rounds,
+                                                    args.reference_loop)
+        if not args.only_transform:
+            results["end_to_end"][fmt] = time_end_to_end(llm, grammar, fmt, prompt, "llguidance", args.samples)
+    if not args.only_transform:
+        fmt, grammar, prompt, _ = TASKS[0]
+        results["memory"][fmt] = trie_memory(llm, grammar, fmt, prompt, args.memory_samples)
 
     results["load_average_end"] = os.getloadavg()
     for fmt, table in results["transform"].items():
+        if fmt not in results["end_to_end"]:
+            continue
         # what the transform costs add to the model's own per-token time, measured with `sample`
         model_ms = results["end_to_end"][fmt]["ms_per_token"]["sample"]
         gcd, asap = table["gcd+llguidance"]["median_us"] / 1e3, table["asap+llguidance"]["median_us"] / 1e3

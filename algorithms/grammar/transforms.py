@@ -38,9 +38,9 @@ NEG_INF = float("-inf")
 
 def restrict(logits: torch.Tensor, mask: np.ndarray) -> torch.Tensor:
     """A new tensor: ``logits`` where ``mask`` is set, ``-inf`` elsewhere (numpy on CPU: one single-threaded pass)."""
-    if logits.device.type == "cpu":
-        return torch.from_numpy(np.where(mask, logits.detach().numpy(), NEG_INF).astype(
-            torch.empty((), dtype=logits.dtype).numpy().dtype, copy=False))
+    if logits.device.type == "cpu" and logits.dtype in (torch.float32, torch.float64):
+        values = logits.detach().numpy()
+        return torch.from_numpy(np.where(mask, values, NEG_INF).astype(values.dtype, copy=False))
     return torch.where(torch.from_numpy(mask).to(logits.device), logits, NEG_INF)
 
 

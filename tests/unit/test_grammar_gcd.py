@@ -102,3 +102,16 @@ def test_greedy_gcd_picks_the_most_likely_allowed_token():
                      toy_context(model, [[]], 4, tokenizer=ABC))
     assert result.sequences == [[3, 4]]  # "ab" (0.15) beats "a" (0.1); "c" (0.5) is forbidden
     assert result.finish_reasons == ["stop"]
+
+
+def test_masking_keeps_dtype_and_never_touches_the_input():
+    from anydecode.algorithms.grammar.transforms import restrict
+
+    mask = np.array([True, False, True, False])
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        logits = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=dtype)
+        out = restrict(logits, mask)
+        assert out.dtype == dtype and out.tolist() == [1.0, float("-inf"), 3.0, float("-inf")]
+        assert logits.tolist() == [1.0, 2.0, 3.0, 4.0]
+    strided = torch.arange(8, dtype=torch.float32)[::2]
+    assert restrict(strided, mask).tolist() == [0.0, float("-inf"), 4.0, float("-inf")]
