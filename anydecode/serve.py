@@ -54,6 +54,12 @@ def build_command(args: argparse.Namespace, passthrough: list[str]) -> tuple[lis
     # vLLM calls validate_params without the server's config: hand the defaults and tokenizer to the front end
     env["ANYDECODE_VLLM_DEFAULTS"] = json.dumps(settings)
     env["ANYDECODE_VLLM_TOKENIZER"] = model
+    # endpoint plugins load only when named: add ours (POST /v1/anydecode/completions) to any allowlist given
+    plugins = [p for p in env.get("VLLM_PLUGINS", "").split(",") if p]
+    if env.get("VLLM_PLUGINS") is not None and "anydecode" not in plugins:
+        env["VLLM_PLUGINS"] = ",".join(plugins + ["anydecode"])
+    elif env.get("VLLM_PLUGINS") is None:
+        env["VLLM_PLUGINS"] = "anydecode"
     return cmd, env
 
 

@@ -17,7 +17,7 @@ from anydecode.algorithms.contracts.decoder import DecodeContext, Decoder
 from anydecode.algorithms.contracts.errors import ConfigError
 
 from .._common import resolve_decoder
-from .session import VLLMSession
+from .session import EngineStep, VLLMSession, offline_step
 
 
 @dataclasses.dataclass
@@ -39,17 +39,27 @@ class VLLMGeneration:
 
 def generate(llm: Any, prompts: Sequence[str | Sequence[int]], decoder: str | Decoder = "beam",
              max_new_tokens: int = 64, *, top_logprobs: int = 20, **settings: Any) -> list[VLLMGeneration]:
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+    """Run ``decoder`` on an offline ``vllm.LLM`` for each prompt (text or token ids)."""
+    return run_on_engine(llm.llm_engine.model_config, offline_step(llm), llm.get_tokenizer(), prompts, decoder,
+                         max_new_tokens, top_logprobs=top_logprobs, **settings)
+
+
+def run_on_engine(model_config: Any, step: EngineStep, tokenizer: Any, prompts: Sequence[str | Sequence[int]],
+                  decoder: str | Decoder, max_new_tokens: int, *, top_logprobs: int = 20,
+                  **settings: Any) -> list[VLLMGeneration]:
+    """The engine-agnostic part of ``generate``, shared with the HTTP route."""
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ConfigError(f"max_new_tokens={max_new_tokens!r} must be an int >= 0")
+    if not prompts:
+        raise ConfigError("no prompts given")
     dec, config = resolve_decoder(decoder, settings)
-    tokenizer = llm.get_tokenizer()
     ids = [tokenizer.encode(p) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    session = VLLMSession(llm, top_logprobs=top_logprobs, eos_token_ids=eos)
+    session = VLLMSession(model_config, step, top_logprobs=top_logprobs, eos_token_ids=eos)
     logits = session.start(ids)
     ctx = DecodeContext(vocab_size=session.vocab_size, eos_token_ids=frozenset(eos), tokenizer=tokenizer,
                         runtime="vllm", session=session, prompts=ids, prompt_logits=logits,
-                        max_new_tokens=max_new_tokens, extra={"llm": llm})
+                        max_new_tokens=max_new_tokens)
     result = dec.run(config, ctx)
     result.stats["engine_steps"] = session.forward_passes
     out = [VLLMGeneration(prompt=p, sequences=[], stats=result.stats) for p in prompts]

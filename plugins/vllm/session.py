@@ -11,7 +11,7 @@ log-probabilities of the last k positions in the same single step.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -20,13 +20,28 @@ from anydecode.algorithms.contracts.errors import RuntimeAdapterError
 from anydecode.algorithms.contracts.session import ModelSession, as_token_block
 
 
-class VLLMSession(ModelSession):
-    """Rows of token ids on a vLLM engine."""
+#: runs one engine step: ``(token-id prompts, SamplingParams) -> RequestOutputs`` in the same order
+EngineStep = Callable[[list[list[int]], Any], list[Any]]
 
-    def __init__(self, llm: Any, top_logprobs: int = 20, eos_token_ids: Sequence[int] = ()):
-        self.llm = llm
-        self.vocab_size = int(llm.llm_engine.model_config.get_vocab_size())
-        limit = int(getattr(llm.llm_engine.model_config, "max_logprobs", top_logprobs) or top_logprobs)
+
+def offline_step(llm: Any) -> EngineStep:
+    """Engine steps on an offline ``vllm.LLM``."""
+    from vllm.inputs import TokensPrompt
+
+    def step(prompts: list[list[int]], params: Any) -> list[Any]:
+        return llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+
+    return step
+
+
+class VLLMSession(ModelSession):
+    """Rows of token ids on a vLLM engine (offline ``LLM`` or, through ``step``, the server's engine client)."""
+
+    def __init__(self, model_config: Any, step: EngineStep, top_logprobs: int = 20,
+                 eos_token_ids: Sequence[int] = ()):
+        self.engine_step = step
+        self.vocab_size = int(model_config.get_vocab_size())
+        limit = int(getattr(model_config, "max_logprobs", top_logprobs) or top_logprobs)
         if limit >= 0 and top_logprobs > limit:
             raise RuntimeAdapterError(f"top_logprobs={top_logprobs} exceeds the engine's max_logprobs={limit}; "
                                       "build the LLM with max_logprobs=... or ask for fewer")
@@ -63,12 +78,10 @@ class VLLMSession(ModelSession):
     def _step(self, k: int) -> torch.Tensor:
         """One engine step for every row; logits after each row's last ``k`` tokens ``(B, k, V)``."""
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
 
         params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=self.top_logprobs,
                                 prompt_logprobs=self.top_logprobs if k > 1 else None, detokenize=False)
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(r)) for r in self.rows], params,
-                                 use_tqdm=False)
+        outs = self.engine_step([list(r) for r in self.rows], params)
         self.forward_passes += 1
         rows = []
         for out in outs:

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -93,6 +94,30 @@ def test_bad_requests_get_http_400_and_the_server_keeps_serving(server):
     assert complete(client, "The capital of France is", temperature=0)
 
 
+def anydecode_post(client, body):
+    base = str(client.base_url).rstrip("/").removesuffix("/v1")
+    req = urllib.request.Request(base + "/v1/anydecode/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=300) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_search_decoders_on_their_own_route(server):
+    client, _ = server
+    status, doc = anydecode_post(client, {"prompt": "Once upon a time", "decoder": "dbs", "num_beams": 4,
+                                          "num_beam_groups": 2, "diversity_penalty": 0.5,
+                                          "num_return_sequences": 4, "max_tokens": 8})
+    assert status == 200, doc
+    choices = doc["choices"]
+    assert len(choices) == 4 and all(c["text"] and isinstance(c["score"], float) for c in choices)
+    assert [c["score"] for c in choices] == sorted((c["score"] for c in choices), reverse=True)
+    status, doc = anydecode_post(client, {"prompt": "x", "decoder": "dbs", "num_beams": 5, "num_beam_groups": 2})
+    assert status == 400 and "num_beams" in doc["error"]["message"]
+
+
 def live_rows(client):
     base = str(client.base_url).rstrip("/").removesuffix("/v1")
     req = urllib.request.Request(base + "/collective_rpc", data=json.dumps({"method": "anydecode_live_rows"}).encode(),
@@ -112,11 +137,16 @@ def test_64_concurrent_requests_with_invalid_ones_interleaved(server):
         ("bad-grammar", {"decoder": "gcd", "grammar": "root ::= (", "grammar_format": "gbnf"}, 400),
         ("bad-decoder", {"decoder": "nonesuch"}, 400),
         ("bad-type", {"decoder": "sample", "temperature": "hot"}, 400),
+        ("dbs", {"decoder": "dbs", "num_beams": 2, "num_beam_groups": 2, "diversity_penalty": 1.0,
+                 "num_return_sequences": 2}, "route"),
     ]
     jobs = [kinds[i % len(kinds)] for i in range(64)]
 
     def one(job):
         name, xargs, expect = job
+        if expect == "route":
+            status, doc = anydecode_post(client, {"prompt": "Is the sky blue?", "max_tokens": 6, **xargs})
+            return name, "ok" if status == 200 and len(doc["choices"]) == 2 else status, json.dumps(doc), None
         try:
             text = complete(client, "Reply in JSON: is the sky blue?" if name == "asap" else "Is the sky blue? Answer:",
                             xargs, temperature=1.0, seed=7, max_tokens=24)
