@@ -264,3 +264,20 @@ def test_bitmask_unpacking_matches_torch_reference():
     words = rng.integers(-2**31, 2**31, size=7, dtype=np.int64).astype(np.int32)
     ref = ((torch.from_numpy(words).unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)) & 1).flatten().bool()
     assert torch.equal(torch.from_numpy(unpack_bitmask(words, 200).copy()), ref[:200])
+
+
+@pytest.mark.parametrize("text,fmt", [
+    ('root ::= "00000" | "1" [01] [01] [01] [01]', "gbnf"),
+    (SKEWED_LARK, "lark"),
+    ('{"enum": ["00000", "10110"]}', "json_schema"),
+])
+def test_every_format_compiles_and_accepts_its_sentences(text, fmt):
+    if fmt == "json_schema":
+        vocab, sentence = toy_vocabulary(['"', "0", "1", None]), [0, 2, 1, 2, 2, 1, 0]  # "10110" with quotes
+    else:
+        vocab, sentence = BINARY, [0, 0, 0, 0, 0]
+    m = get_engine("llguidance").compile(grammar_spec(text, fmt), vocab).matcher()
+    for token in sentence:
+        assert not m.is_complete()
+        assert m.consume(token)
+    assert m.is_complete()
