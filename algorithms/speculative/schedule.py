@@ -16,6 +16,9 @@ from collections import deque
 class DraftLengthController:
     """Per-row draft length from a linear cost model ``c0 + c1 * width`` and an acceptance estimate per row."""
 
+    #: draft lengths tried, in turn, until the cost model can be fitted
+    PROBES = (8, 2, 16, 4)
+
     def __init__(self, rows: int, history: int = 48, prior_acceptance: float = 0.8, decay: float = 0.8,
                  probe_every: int = 8):
         self.samples: deque[tuple[int, float]] = deque(maxlen=history)
@@ -56,7 +59,7 @@ class DraftLengthController:
         return c0, c1
 
     def limit(self, row: int, cap: int, pending: int) -> int:
-        """The draft length in ``0..cap`` with the least expected time per emitted token (``cap`` until fitted).
+        """The draft length in ``0..cap`` with the least expected time per emitted token.
 
         0 (plain decoding) when no draft pays for its cost; every ``probe_every`` such steps the row drafts
         anyway, so a change in acceptance (IAD re-aligned with its input) is noticed.
@@ -65,7 +68,8 @@ class DraftLengthController:
             return cap
         model = self.cost_model()
         if model is None:
-            return cap
+            # not fitted yet: probe a few different widths rather than paying for the drafter's longest draft
+            return min(cap, self.PROBES[len(self.samples) % len(self.PROBES)])
         c0, c1 = model
         a = self.acceptance(row)
         best, best_time = 0, c0 + c1 * pending

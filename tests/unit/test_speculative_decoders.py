@@ -212,7 +212,8 @@ def test_cost_model_picks_long_drafts_when_forwards_cost_little_per_token_and_sh
         costly.record_row(0, 10, 9)
     assert cheap.limit(0, 64, 1) >= 16
     assert costly.limit(0, 64, 1) <= 4
-    assert DraftLengthController(1).limit(0, 12, 1) == 12  # nothing timed yet: the drafter's own cap
+    assert DraftLengthController(1).limit(0, 12, 1) == 8  # nothing timed yet: probing widths
+    assert DraftLengthController(1).limit(0, 3, 1) == 3
     hopeless = DraftLengthController(1, probe_every=3)
     for width in (1, 2, 4, 8):
         hopeless.record_forward(width, 0.010 * width)  # a draft token costs as much as a forward
