@@ -79,6 +79,7 @@ class LlamaRunner:
         self._lookup = None
 
     def _native(self, llm, ids: list[int], max_new: int) -> list[int]:
+        llm.reset()
         out = []
         for token in llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
             out.append(int(token))
@@ -90,6 +91,10 @@ class LlamaRunner:
         from anydecode.plugins.llamacpp.text import prompt_ids
 
         ids = prompt_ids(self.llm, prompt, chat=chat)
+        # every run prefills its prompt: without this the second run on a prompt would find it cached
+        self.llm.reset()
+        if self._lookup is not None:
+            self._lookup.reset()
         if name == "native-greedy":
             return self._native(self.llm, ids, max_new), {}
         if name == "native-prompt-lookup":

@@ -32,6 +32,7 @@ class ADEDConfig(DecoderConfig):
     exploration: float = config_field(1.0, ge=0.0, help="PUCT exploration constant c")
     min_value: float = config_field(0.02, ge=0.0, le=1.0, help="paths whose estimated acceptance falls below this end")
     corpus_ids: tuple[int, ...] | None = config_field(None, help="token ids to seed the tri-gram table with")
+    persist: bool = config_field(True, help="keep learning in one table across requests to the same model")
 
 
 class TrigramTable:
@@ -86,9 +87,9 @@ class ADEDDrafter(Drafter):
 
     tree = True
 
-    def __init__(self, config: ADEDConfig):
+    def __init__(self, config: ADEDConfig, table: TrigramTable | None = None):
         self.config = config
-        self.table = TrigramTable()
+        self.table = table if table is not None else TrigramTable()
         if config.corpus_ids:
             self.table.add(list(config.corpus_ids))
         self.seen: list[int] = []

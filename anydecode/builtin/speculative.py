@@ -8,6 +8,7 @@ drafter, chosen with ``drafter=``, its settings beside the sampling ones) and th
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,10 +50,21 @@ def _iad(config: Any, sampling: Any, ctx: DecodeContext) -> Any:
     return IADDrafter(config, ctx.tokenizer)
 
 
-def _aded(config: Any, sampling: Any, ctx: DecodeContext) -> Any:
-    from anydecode.algorithms.speculative.aded import ADEDDrafter
+#: ADED's tri-gram tables, one per model, so that what the model produced in earlier requests drafts later ones
+_ADED_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    return ADEDDrafter(config)
+
+def _aded(config: Any, sampling: Any, ctx: DecodeContext) -> Any:
+    from anydecode.algorithms.speculative.aded import ADEDDrafter, TrigramTable
+
+    model = ctx.extra.get("model") or ctx.extra.get("llama")
+    table = None
+    if config.persist and model is not None:
+        try:
+            table = _ADED_TABLES.setdefault(model, TrigramTable())
+        except TypeError:  # a model that cannot be weakly referenced: a table per request
+            table = None
+    return ADEDDrafter(config, table)
 
 
 def _drafter_specs() -> list[ComponentSpec]:
