@@ -97,6 +97,8 @@ class _Step:
         self.next_tokens: list[int] = [0] * rows
         self.logits: _Logits | None = None  # before the block, then after each of its tokens
         self.width = 0
+        #: tokens the forward processed per original row (a tree's copies of a row all count)
+        self.cost_width = 0.0
 
 
 class SpeculativeLoop:
@@ -154,7 +156,7 @@ class SpeculativeLoop:
         step = _Step(rows)
         blocks = [pending[b] + drafts[b].tokens if active[b] else [] for b in range(rows)]
         seq, width = self._forward(prev, blocks)
-        step.logits, step.width = seq, width
+        step.logits, step.width, step.cost_width = seq, width, float(width)
         lengths = torch.tensor([len(d) if active[b] else 0 for b, d in enumerate(drafts)], dtype=torch.long)
         depth = int(lengths.max()) if rows else 0
         starts = torch.tensor([len(p) if active[b] else 0 for b, p in enumerate(pending)], dtype=torch.long)
@@ -255,6 +257,7 @@ class SpeculativeLoop:
             step.next_tokens[b] = token
         self.session.select(winners)
         step.logits, step.width = seq.take(winners), width
+        step.cost_width = width * len(expanded) / max(rows, 1)
         return step
 
     # -- the loop -------------------------------------------------------------------------------------------------
@@ -295,7 +298,8 @@ class SpeculativeLoop:
             steps += 1
             if self.controller is not None and step.width:
                 # the whole step (drafting, forward, verification) is what a longer or shorter draft trades against
-                self.controller.record_forward(step.width, time.perf_counter() - step_started + draft_seconds)
+                self.controller.record_forward(round(step.cost_width),
+                                               time.perf_counter() - step_started + draft_seconds)
             keep = []
             for b in range(rows):
                 if not active[b]:
