@@ -8,6 +8,29 @@ from typing import Any
 from anydecode.algorithms.contracts.errors import RuntimeAdapterError
 
 
+def token_bytes(llm: Any, token_id: int, special: bool = True, _buffer: list[Any] = []) -> bytes:  # noqa: B006
+    """The bytes of one token, read through a 4 KiB buffer.
+
+    llama-cpp-python 0.3.x's ``Llama.detokenize`` reads each piece through a 32-byte buffer and silently drops
+    longer ones (SmolLM2 has 47 such tokens: runs of spaces or dashes), so pieces are read here directly.
+    """
+    import ctypes
+
+    import llama_cpp
+
+    if not _buffer:
+        _buffer.append(ctypes.create_string_buffer(4096))
+    buf = _buffer[0]
+    n = llama_cpp.llama_token_to_piece(llm._model.vocab, int(token_id), buf, len(buf), 0, special)
+    if n < 0:
+        raise RuntimeAdapterError(f"token {token_id} is longer than {len(buf)} bytes")
+    return bytes(buf.raw[:n])
+
+
+def detokenize(llm: Any, ids: Sequence[int], special: bool = True) -> bytes:
+    return b"".join(token_bytes(llm, t, special) for t in ids)
+
+
 class LlamaTokenizer:
     """A tokenizer-like view of a ``Llama`` (``encode``/``decode``/``eos_token_id``) for cores and rewards."""
 
@@ -23,10 +46,10 @@ class LlamaTokenizer:
         return [int(t) for t in self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)]
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
-        return self.llm.detokenize(list(ids), special=not skip_special_tokens).decode("utf-8", errors="replace")
+        return detokenize(self.llm, ids, special=not skip_special_tokens).decode("utf-8", errors="replace")
 
     def token_bytes(self, token_id: int) -> bytes:
-        return self.llm.detokenize([int(token_id)], special=True)
+        return token_bytes(self.llm, token_id, special=True)
 
 
 def chat_prompt(llm: Any, prompt: str, system: str | None = None) -> str:
@@ -65,7 +88,7 @@ class StreamDecoder:
         self.pending = b""
 
     def push(self, token_id: int) -> str:
-        self.pending += self.llm.detokenize([token_id], special=False)
+        self.pending += token_bytes(self.llm, token_id, special=False)
         try:
             text = self.pending.decode("utf-8")
         except UnicodeDecodeError as exc:
