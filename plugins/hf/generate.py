@@ -95,6 +95,7 @@ def run_decoder(model: Any, input_ids: torch.Tensor, decoder: Decoder, config: D
                 tokenizer: Any = None, pre_transform: LogitsTransform | None = None,
                 on_token: Callable[[int, int], None] | None = None,
                 stop_check: Callable[[int, list[int]], bool] | None = None,
+                pad_token_id: int | None = None,
                 extra: dict[str, Any] | None = None) -> tuple[DecodeResult, HFSession]:
     """Prefill ``input_ids`` in a fresh session and run ``decoder``; the core of every HF entry point."""
     session = HFSession(model, eos_token_ids)
@@ -112,6 +113,8 @@ def run_decoder(model: Any, input_ids: torch.Tensor, decoder: Decoder, config: D
         on_token=on_token,
         extra={"model": model, "pre_transform": pre_transform, "stop_check": stop_check, **(extra or {})},
     )
+    if pad_token_id is not None:  # what finished beams emit (search decoders); else they use the smallest EOS id
+        ctx.extra["pad_token_id"] = int(pad_token_id)
     result = decoder.run(config, ctx)
     result.stats.setdefault("forward_passes", session.forward_passes)
     result.stats["target_forward_passes"] = session.forward_passes
@@ -168,6 +171,8 @@ def generate(model: Any, input_ids: torch.Tensor, logits_processor: Any = None, 
             ids = torch.tensor([_ids[row].tolist() + generated], dtype=torch.long, device=_ids.device)
             return any(bool(c(ids, None).reshape(-1)[0]) for c in user_criteria)
 
+    pad = generation_config._pad_token_tensor
+    pad_id = int(pad) if pad is not None else (eos[0] if eos else 0)
     repeats = int(n or 1)
     if repeats < 1:
         raise ConfigError(f"n={n} must be >= 1")
@@ -176,11 +181,10 @@ def generate(model: Any, input_ids: torch.Tensor, logits_processor: Any = None, 
         result, _session = run_decoder(
             model, input_ids, dec, config, attention_mask=attention_mask, max_new_tokens=max_new,
             eos_token_ids=eos, tokenizer=anydecode_tokenizer, pre_transform=pre, stop_check=stop_check,
+            pad_token_id=pad_id,
         )
         results.append(result)
 
-    pad = generation_config._pad_token_tensor
-    pad_id = int(pad) if pad is not None else (eos[0] if eos else 0)
     rows, scores, reasons = [], [], []
     stats: dict[str, Any] = {}
     order = []

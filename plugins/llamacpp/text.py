@@ -69,7 +69,8 @@ def prompt_ids(llm: Any, prompt: str | Sequence[int], chat: bool = False) -> lis
     """Token ids of a prompt given as text (optionally in the chat template) or as ids."""
     if isinstance(prompt, str):
         text = chat_prompt(llm, prompt) if chat else prompt
-        return [int(t) for t in llm.tokenize(text.encode("utf-8"), add_bos=True, special=chat)]
+        # special markers (<|im_start|>, ...) in the text are the model's own tokens, as in create_completion
+        return [int(t) for t in llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)]
     if chat:
         raise RuntimeAdapterError("chat=True needs the prompt as text, not token ids")
     ids = [int(t) for t in prompt]
