@@ -38,7 +38,8 @@ class ModelSession(abc.ABC):
     @property
     @abc.abstractmethod
     def length(self) -> int:
-        """Tokens held per row, prompt included (padding excluded)."""
+        """Positions held per row, prompt included; rows are equally long (an adapter that left-pads counts
+        the padding), and ``truncate`` takes the same units."""
 
     @abc.abstractmethod
     def tokens(self, row: int = 0) -> list[int]:

@@ -139,7 +139,7 @@ def _output_class() -> Any:
 def generate(model: Any, input_ids: torch.Tensor, logits_processor: Any = None, stopping_criteria: Any = None,
              generation_config: Any = None, decoder: str | Decoder = "greedy",
              decoder_config: Mapping[str, Any] | None = None, anydecode_tokenizer: Any = None,
-             n: int | None = None, **kwargs: Any) -> Any:
+             n: int | None = None, draft_model: Any = None, **kwargs: Any) -> Any:
     """Run ``decoder`` as transformers' decoding loop (pass this function as ``custom_generate=``)."""
     model_kwargs = {k: v for k, v in kwargs.items() if k not in _DECODER_KEYWORDS}
     explicit = {k: v for k, v in kwargs.items() if k in _DECODER_KEYWORDS}
@@ -178,10 +178,15 @@ def generate(model: Any, input_ids: torch.Tensor, logits_processor: Any = None, 
         raise ConfigError(f"n={n} must be >= 1")
     results = []
     for _ in range(repeats):  # n samples one after another, so stateful decoders (ASAp) learn in order
+        extra = None
+        if draft_model is not None:  # the drafter of drafter="draft_model": its own session on the same prompts
+            draft = HFSession(draft_model, eos)
+            draft.start(input_ids, attention_mask)
+            extra = {"draft_session": draft}
         result, _session = run_decoder(
             model, input_ids, dec, config, attention_mask=attention_mask, max_new_tokens=max_new,
             eos_token_ids=eos, tokenizer=anydecode_tokenizer, pre_transform=pre, stop_check=stop_check,
-            pad_token_id=pad_id,
+            pad_token_id=pad_id, extra=extra,
         )
         results.append(result)
 

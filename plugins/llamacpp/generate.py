@@ -55,8 +55,12 @@ def load_default(n_ctx: int = 4096, n_threads: int | None = None, **kwargs: Any)
 
 def generate(llm: Any, prompt: str | Sequence[int], decoder: str | Decoder = "greedy", max_new_tokens: int = 128,
              *, chat: bool = False, on_text: Callable[[str], None] | None = None,
-             decoder_config: dict[str, Any] | None = None, **settings: Any) -> GenerationOutput:
-    """Generate from ``prompt`` (text or token ids) with ``decoder`` and its ``settings``."""
+             decoder_config: dict[str, Any] | None = None, draft_model: Any = None,
+             **settings: Any) -> GenerationOutput:
+    """Generate from ``prompt`` (text or token ids) with ``decoder`` and its ``settings``.
+
+    ``draft_model`` (another ``Llama`` sharing the vocabulary) is the drafter of ``drafter="draft_model"``.
+    """
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ConfigError(f"max_new_tokens={max_new_tokens!r} must be an int >= 0")
     dec, config = resolve_decoder(decoder, {**settings, **(decoder_config or {})})
@@ -85,6 +89,10 @@ def generate(llm: Any, prompt: str | Sequence[int], decoder: str | Decoder = "gr
         # search decoders (beam, dbs, deal, best_of_n) run their rows in a second, multi-sequence context
         extra={"llama": llm, "make_multi_session": multi_session_factory(llm, [ids], max_new_tokens)},
     )
+    if draft_model is not None:
+        draft = LlamaSession(draft_model)
+        draft.start(ids)
+        ctx.extra["draft_session"] = draft
     result = dec.run(config, ctx)
     result.stats["target_forward_passes"] = session.forward_passes
     result.stats["prompt_tokens"] = len(ids)
