@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from anydecode.algorithms.contracts.decoder import DecodeContext
-from anydecode.algorithms.contracts.session import ModelSession, as_token_block
+from anydecode.algorithms.contracts.session import TokenRowsSession, as_token_block
 
 Prefix = tuple[int, ...]
 
@@ -63,7 +63,7 @@ class ToyModel:
             return torch.from_numpy(np.log(self.probs(prefix)))
 
 
-class ToySession(ModelSession):
+class ToySession(TokenRowsSession):
     """A batch of rows in a toy model; logits are float64 log-probabilities."""
 
     def __init__(self, model: ToyModel, prompts: Sequence[Sequence[int]]):
@@ -72,17 +72,6 @@ class ToySession(ModelSession):
         self.eos_token_ids = frozenset() if model.eos_token_id is None else frozenset({model.eos_token_id})
         self.rows = [list(p) for p in prompts]
         self.forward_passes = 0
-
-    @property
-    def batch_size(self) -> int:
-        return len(self.rows)
-
-    @property
-    def length(self) -> int:
-        return len(self.rows[0]) if self.rows else 0
-
-    def tokens(self, row: int = 0) -> list[int]:
-        return list(self.rows[row])
 
     def prompt_logits(self) -> torch.Tensor:
         return torch.stack([self.model.logits(r) for r in self.rows])

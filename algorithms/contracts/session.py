@@ -72,6 +72,23 @@ class ModelSession(abc.ABC):
         raise RuntimeAdapterError(f"{type(self).__name__} cannot fork")
 
 
+class TokenRowsSession(ModelSession):
+    """A session that keeps each row's token ids as a Python list in ``self.rows`` (toy models, vLLM)."""
+
+    rows: list[list[int]]
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.rows)
+
+    @property
+    def length(self) -> int:
+        return len(self.rows[0]) if self.rows else 0
+
+    def tokens(self, row: int = 0) -> list[int]:
+        return list(self.rows[row])
+
+
 def as_token_block(tokens: torch.Tensor | Sequence[Sequence[int]], batch_size: int) -> torch.Tensor:
     """Validate and convert a block of tokens to a ``(batch, k)`` int64 tensor."""
     block = tokens if isinstance(tokens, torch.Tensor) else torch.tensor(tokens, dtype=torch.long)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from anydecode.algorithms.contracts.errors import RuntimeAdapterError
-from anydecode.algorithms.contracts.session import ModelSession, as_token_block
+from anydecode.algorithms.contracts.session import TokenRowsSession, as_token_block
 
 
 #: runs one engine step: ``(token-id prompts, SamplingParams) -> RequestOutputs`` in the same order
@@ -34,7 +34,7 @@ def offline_step(llm: Any) -> EngineStep:
     return step
 
 
-class VLLMSession(ModelSession):
+class VLLMSession(TokenRowsSession):
     """Rows of token ids on a vLLM engine (offline ``LLM`` or, through ``step``, the server's engine client)."""
 
     def __init__(self, model_config: Any, step: EngineStep, top_logprobs: int = 20,
@@ -49,17 +49,6 @@ class VLLMSession(ModelSession):
         self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
         self.rows: list[list[int]] = []
         self.forward_passes = 0
-
-    @property
-    def batch_size(self) -> int:
-        return len(self.rows)
-
-    @property
-    def length(self) -> int:
-        return len(self.rows[0]) if self.rows else 0
-
-    def tokens(self, row: int = 0) -> list[int]:
-        return list(self.rows[row])
 
     def _dense(self, logprobs: dict[int, Any]) -> torch.Tensor:
         row = torch.full((self.vocab_size,), float("-inf"), dtype=torch.float32)
