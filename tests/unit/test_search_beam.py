@@ -128,11 +128,11 @@ def test_groups_never_return_duplicates_when_the_penalty_is_large(vocab, seed, g
     result = beam_search(ctx, num_beams=groups, num_beam_groups=groups, diversity_penalty=1e4,
                          num_return_sequences=groups)
     seqs = [tuple(s) for s in result.sequences]
-    # the one sequence Hamming diversity cannot keep apart is ending at once (EOS never runs on, so it is never
-    # penalised); it repeats only when every group ended that way and nothing else is left to return
+    # the one sequence Hamming diversity cannot keep apart is ending at once: a beam that picks EOS leaves the
+    # running beams, so later groups are not penalised for it (as in transformers), and several groups may
+    # return it (hypothesis found seed/vocab cases with [(1,), (2,), (0,), (0,)])
     longer = [s for s in seqs if s != (0,)]
     assert len(set(longer)) == len(longer), seqs
-    assert seqs.count((0,)) <= 1 or not longer, seqs
     firsts = [s[0] for s in longer]
     assert len(set(firsts)) == len(firsts)
 
