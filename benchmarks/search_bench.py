@@ -83,7 +83,7 @@ class LlamaRuntime:
         logits = [session.start(prompt)[0]]
         if len(tokens) > 1:
             logits += list(session.append([tokens[:-1]])[0])
-        return sum(float(torch.log_softmax(l.double(), -1)[t]) for l, t in zip(logits, tokens))
+        return sum(float(torch.log_softmax(lg.double(), -1)[t]) for lg, t in zip(logits, tokens))
 
 
 class HFRuntime:
@@ -211,7 +211,8 @@ def main() -> None:
                                                       / mean("greedy", "seconds_per_token"))
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
-    (out_dir / f"search_{runtime.name}{args.tag}.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+    report = json.dumps({"summary": summary, "rows": rows}, indent=1)
+    (out_dir / f"search_{runtime.name}{args.tag}.json").write_text(report)
     print(json.dumps(summary, indent=1))
 
 

@@ -343,7 +343,8 @@ class RewardModelReward(Reward):
             self.tokenizer = AutoTokenizer.from_pretrained(source)
             self.model = AutoModelForSequenceClassification.from_pretrained(source)
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"reward_model_path={source!r} cannot be loaded as a classification model: {exc}") from None
+            raise ConfigError(
+                f"reward_model_path={source!r} cannot be loaded as a classification model: {exc}") from None
         self.model.eval()
         cfg = self.model.config
         self.index = label_index(getattr(cfg, "id2label", {}), int(cfg.num_labels), config.reward_label, repr(source))

@@ -71,7 +71,7 @@ class DrafterDraftModel(LlamaDraftModel):  # type: ignore[misc, valid-type]
 
 
 class PromptLookupDraftModel(DrafterDraftModel):
-    """Prompt lookup with adaptive draft length (llama-cpp-python's own ``LlamaPromptLookupDecoding`` has a fixed one)."""
+    """Prompt lookup with adaptive draft length (llama-cpp-python's ``LlamaPromptLookupDecoding`` has a fixed one)."""
 
     def __init__(self, num_draft_tokens: int = 10, max_ngram: int = 3, min_ngram: int = 1, adaptive: bool = True,
                  max_draft_tokens: int = 32):

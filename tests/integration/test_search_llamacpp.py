@@ -35,7 +35,7 @@ def rescore(llm, prompt, tokens):
     logits = [first]
     if len(tokens) > 1:
         logits += list(session.append([tokens[:-1]])[0])
-    return sum(float(torch.log_softmax(l.double(), -1)[t]) for l, t in zip(logits, tokens))
+    return sum(float(torch.log_softmax(lg.double(), -1)[t]) for lg, t in zip(logits, tokens))
 
 
 def test_forked_rows_continue_as_the_single_sequence_context_does(llm, prompt_ids):

@@ -88,8 +88,8 @@ def test_iad_with_a_source_text_and_sampling_is_seeded(hf):
 
 
 def test_sampled_first_tokens_follow_the_target_and_a_wrong_temperature_is_rejected(hf):
-    """Two-token prefixes from speculative sampling (prompt lookup, temperature 0.7, top_k 4) against exact probabilities
-    from the model; samples drawn at temperature 1.3 (the twin) must fail the same test."""
+    """Two-token prefixes from speculative sampling (prompt lookup, temperature 0.7, top_k 4) against exact
+    probabilities from the model; samples drawn at temperature 1.3 (the twin) must fail the same test."""
     model, tokenizer = hf
     prompt = "Write one sentence about the sea."
     enc = chat_ids(tokenizer, [prompt] * 48)
