@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from anydecode.algorithms.contracts.decoder import DecodeContext
-from anydecode.algorithms.contracts.session import TokenRowsSession, as_token_block
+from anydecode.algorithms.contracts.session import TokenRowsSession, as_token_block, tree_depths
 
 Prefix = tuple[int, ...]
 
@@ -86,6 +86,25 @@ class ToySession(TokenRowsSession):
                 row.append(int(t))
                 per_pos.append(self.model.logits(row))
             out.append(torch.stack(per_pos))
+        return torch.stack(out)
+
+    def append_tree(self, tokens: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
+        block = as_token_block(tokens, self.batch_size)
+        links = as_token_block(parents, self.batch_size)
+        self.forward_passes += 1
+        out = []
+        for b, row in enumerate(self.rows):
+            ids, up = block[b].tolist(), links[b].tolist()
+            tree_depths(up)  # validates the parents
+            per_node = []
+            for i in range(len(ids)):
+                path, node = [], i
+                while node >= 0:
+                    path.append(ids[node])
+                    node = up[node]
+                per_node.append(self.model.logits(row + path[::-1]))
+            row.extend(int(t) for t in ids)
+            out.append(torch.stack(per_node))
         return torch.stack(out)
 
     def truncate(self, length: int) -> None:

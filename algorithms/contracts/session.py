@@ -7,6 +7,8 @@ Loop-style cores (speculative verification, beam search, DeAL) drive a model onl
 * ``truncate(length)`` rolls every row back to ``length`` tokens (KV rollback after rejected drafts).
 * ``select(rows)`` keeps, reorders or duplicates rows (beam search forks and prunes with it).
 * ``fork()`` returns an independent session with the same state (tree branches, lookahead).
+* ``append_tree(tokens, parents)`` (optional) feeds a token tree per row in one forward pass with tree attention:
+  each node sees the row and its own ancestors only. Speculative tree verification uses it where an adapter has it.
 
 Logits are float32 torch tensors on CPU or on the model's device. Rows always have the same length: the prompt
 may be left-padded by the adapter, which hides the padding from the core.
@@ -71,6 +73,17 @@ class ModelSession(abc.ABC):
         """An independent copy of this session."""
         raise RuntimeAdapterError(f"{type(self).__name__} cannot fork")
 
+    def append_tree(self, tokens: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
+        """Feed a tree of ``k`` tokens per row and return logits ``(batch, k, vocab)`` in one forward pass.
+
+        ``parents[b, i]`` is node ``i``'s parent in row ``b``'s block (``< i``; ``-1``: the row's last token).
+        Node ``i`` attends to the row and to its ancestors only, at position ``length + depth(i)``, so
+        ``logits[b, i]`` is the next-token distribution after the path to node ``i``. Afterwards each row holds
+        ``length + k`` positions, of which only a leading chain of the block (``parents[b, i] == i - 1``) is a
+        valid continuation: the caller truncates to at most that.
+        """
+        raise RuntimeAdapterError(f"{type(self).__name__} has no tree attention")
+
 
 class TokenRowsSession(ModelSession):
     """A session that keeps each row's token ids as a Python list in ``self.rows`` (toy models, vLLM)."""
@@ -87,6 +100,21 @@ class TokenRowsSession(ModelSession):
 
     def tokens(self, row: int = 0) -> list[int]:
         return list(self.rows[row])
+
+
+def has_tree_attention(session: ModelSession) -> bool:
+    """Whether ``session`` overrides ``append_tree``."""
+    return type(session).append_tree is not ModelSession.append_tree
+
+
+def tree_depths(parents: Sequence[int]) -> list[int]:
+    """Depth of each node of a parent array (children of ``-1`` have depth 1)."""
+    depths: list[int] = []
+    for i, p in enumerate(parents):
+        if not -1 <= p < i:
+            raise ValueError(f"node {i} has parent {p}: parents must come before their children (or be -1)")
+        depths.append(1 if p < 0 else depths[p] + 1)
+    return depths
 
 
 def as_token_block(tokens: torch.Tensor | Sequence[Sequence[int]], batch_size: int) -> torch.Tensor:

@@ -4,8 +4,9 @@ commit, roll back.
 Rows of a batch accept different numbers of tokens, but a session truncates all rows to one length. The loop
 therefore keeps the common verified prefix in the cache and, per row, the committed tokens beyond it
 ("pending"); the next block of each row is its pending tokens followed by its new draft. Tree drafts are verified
-on copies of the row, one per root-to-leaf path (``ModelSession.select``); on a session that cannot select rows
-only each tree's first-child chain is verified.
+in one forward with tree attention where the session has it (``ModelSession.append_tree``), else on copies of
+the row, one per root-to-leaf path (``ModelSession.select``); on a session with neither only each tree's
+first-child chain is verified.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from ..contracts.config import SamplingConfig
 from ..contracts.decoder import DecodeContext, DecodeResult
 from ..contracts.errors import ConfigError
-from ..contracts.session import ModelSession
+from ..contracts.session import ModelSession, has_tree_attention
 from ..sampling.warpers import warped_probs
 from .draft import Draft, Drafter
 from .schedule import DraftLengthController
@@ -99,6 +100,8 @@ class _Step:
         self.width = 0
         #: tokens the forward processed per original row (a tree's copies of a row all count)
         self.cost_width = 0.0
+        #: per row, how much of the block the cache may keep (None: pending plus the accepted tokens)
+        self.cache_valid: list[int | None] = [None] * rows
 
 
 class SpeculativeLoop:
@@ -118,7 +121,8 @@ class SpeculativeLoop:
         self.coins = coins if coins is not None else SeededCoins(sampling.seed)
         self.eos = frozenset(ctx.eos_token_ids)
         self.pad = min(self.eos) if self.eos else 0
-        self.use_trees = drafter.tree and can_select(self.session)
+        self.tree_attention = drafter.tree and has_tree_attention(self.session)
+        self.use_trees = drafter.tree and (self.tree_attention or can_select(self.session))
         # timing-driven draft lengths cannot change a greedy output; under sampling they would change which random
         # numbers are used, and seeded runs must repeat
         self.controller = DraftLengthController(self.session.batch_size) if cost_aware and self.greedy else None
@@ -204,6 +208,78 @@ class SpeculativeLoop:
                 out[b, j] = transform.apply(self.states[b], self.generated[b] + d.tokens[:j], sel[b, j])
         return out
 
+    def _node_dist(self, row: int, draft: Draft, logits: torch.Tensor, node: int,
+                   cache: dict[int, torch.Tensor]) -> torch.Tensor:
+        """The target distribution (greedy: logits) after the path to ``node`` (-1: the root) of ``row``'s draft."""
+        if node not in cache:
+            vec = logits
+            if self.pre_transform is not None:
+                prefix = self.generated[row] + [draft.tokens[i] for i in _path_to(draft, node)]
+                vec = self.pre_transform.apply(self.states[row], prefix, vec)
+            cache[node] = vec if self.greedy else warped_probs(vec, self.sampling)
+        return cache[node]
+
+    def _verify_tree(self, row: int, draft: Draft, logits_at) -> tuple[list[int], int]:
+        """Verify one row's tree; ``logits_at(node)`` gives the target's logits after ``node`` or None."""
+        cache: dict[int, torch.Tensor] = {}
+
+        def dist_at(node: int) -> torch.Tensor | None:
+            vec = logits_at(node)
+            return None if vec is None else self._node_dist(row, draft, vec, node, cache)
+
+        q = None if self.drafter.deterministic or draft.q is None else draft.q.to(torch.float64)
+        return verify_tree(draft.tokens, draft.node_parents(), q, dist_at, self.coins, self.greedy)
+
+    def _tree_attention_step(self, prev: torch.Tensor, pending: list[list[int]], drafts: list[Draft],
+                             active: list[bool]) -> _Step:
+        """All rows' trees in one forward with tree attention (``ModelSession.append_tree``): each row's block is
+        its pending tokens (a chain) followed by its draft tree."""
+        rows = len(drafts)
+        step = _Step(rows)
+        blocks: list[list[int]] = []
+        links: list[list[int]] = []
+        for b in range(rows):
+            own = pending[b] if active[b] else []
+            nodes = drafts[b].tokens if active[b] else []
+            start = len(own)
+            blocks.append(own + nodes)
+            links.append(list(range(-1, start - 1)) + [p + start if p >= 0 else start - 1
+                                                         for p in drafts[b].node_parents()[: len(nodes)]])
+        width = max(len(r) for r in blocks)
+        block = torch.full((rows, width), self.pad, dtype=torch.long)
+        parents = torch.full((rows, width), -1, dtype=torch.long)
+        for b in range(rows):
+            n = len(blocks[b])
+            if n:
+                block[b, :n] = torch.tensor(blocks[b], dtype=torch.long)
+                parents[b, :n] = torch.tensor(links[b], dtype=torch.long)
+            # padding continues the row's chain (it is cut off before anything reads it)
+            for i in range(n, width):
+                parents[b, i] = i - 1
+        out = self.session.append_tree(block, parents)
+        self.forward_passes += 1
+        seq = _Logits(prev, out)
+        for b in range(rows):
+            if not active[b]:
+                continue
+            start = len(pending[b])
+            d = drafts[b]
+
+            def logits_at(node: int, _b: int = b, _start: int = start) -> torch.Tensor:
+                return seq.row(_b, _start if node < 0 else _start + node + 1)
+
+            path, token = self._verify_tree(b, d, logits_at)
+            step.accepted_nodes[b] = path
+            step.accepted_tokens[b] = [d.tokens[i] for i in path]
+            step.next_tokens[b] = token
+            # the cache is a valid continuation only along the block's leading chain (node i's parent is i - 1)
+            chain = 0
+            while chain < len(path) and path[chain] == chain and d.node_parents()[chain] == chain - 1:
+                chain += 1
+            step.cache_valid[b] = start + chain
+        step.logits, step.width, step.cost_width = seq, width, float(width)
+        return step
+
     def _tree_step(self, prev: torch.Tensor, pending: list[list[int]], drafts: list[Draft],
                    active: list[bool]) -> _Step:
         rows = len(drafts)
@@ -231,25 +307,13 @@ class SpeculativeLoop:
             for r in mine:
                 for depth, node in enumerate(paths[r]):
                     where.setdefault(node, (r, start + depth + 1))
-            cache: dict[int, torch.Tensor] = {}
 
-            def dist_at(node: int, _mine: list[int] = mine, _where: dict = where, _start: int = start,
-                        _cache: dict = cache, _row: int = b, _draft: Draft = d) -> torch.Tensor | None:
-                if node in _cache:
-                    return _cache[node]
+            def logits_at(node: int, _mine: list[int] = mine, _where: dict = where,
+                          _start: int = start) -> torch.Tensor | None:
                 r, pos = (_mine[0], _start) if node < 0 else _where.get(node, (-1, -1))
-                if r < 0:
-                    return None
-                vec = seq.row(r, pos)
-                if self.pre_transform is not None:
-                    prefix = self.generated[_row] + [_draft.tokens[i] for i in _path_to(_draft, node)]
-                    vec = self.pre_transform.apply(self.states[_row], prefix, vec)
-                vec = vec if self.greedy else warped_probs(vec, self.sampling)
-                _cache[node] = vec
-                return vec
+                return None if r < 0 else seq.row(r, pos)
 
-            q = None if self.drafter.deterministic or d.q is None else d.q.to(torch.float64)
-            path, token = verify_tree(d.tokens, d.node_parents(), q, dist_at, self.coins, self.greedy)
+            path, token = self._verify_tree(b, d, logits_at)
             winner = next((r for r in mine if paths[r][: len(path)] == path), mine[0])
             winners.append(winner)
             step.accepted_nodes[b] = path
@@ -292,7 +356,8 @@ class SpeculativeLoop:
             drafts = [clean_draft(proposed[b], limits[b], self.eos) if active[b] else Draft() for b in range(rows)]
             step_started = time.perf_counter()
             if self.use_trees and any(len(d) and not d.is_chain for d in drafts):
-                step = self._tree_step(prev, pending, drafts, active)
+                tree_step = self._tree_attention_step if self.tree_attention else self._tree_step
+                step = tree_step(prev, pending, drafts, active)
             else:
                 step = self._chain_step(prev, pending, [_as_chain(d) for d in drafts], active)
             steps += 1
@@ -330,7 +395,8 @@ class SpeculativeLoop:
                     for token in emitted:
                         ctx.on_token(b, token)
                 if reasons[b] is None:
-                    keep.append(len(pending[b]) + len(step.accepted_tokens[b]))
+                    valid = step.cache_valid[b]
+                    keep.append(len(pending[b]) + len(step.accepted_tokens[b]) if valid is None else valid)
             if not keep:
                 break
             # keep the prefix every live row verified in the cache; the rest of each row becomes pending

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from anydecode.algorithms.contracts.errors import RuntimeAdapterError
-from anydecode.algorithms.contracts.session import ModelSession, as_token_block
+from anydecode.algorithms.contracts.session import ModelSession, as_token_block, tree_depths
 
 from ._runtime import cache_keyword, import_transformers, output_cache
 
@@ -97,6 +97,41 @@ class HFSession(ModelSession):
         if self._mask is not None:
             self._mask = torch.cat([self._mask, torch.ones_like(block)], dim=1)
         return self._forward(block, start)
+
+    def append_tree(self, tokens: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
+        """Tree attention through a custom 4D attention mask (transformers uses a 4D mask as given) and explicit
+        position ids (each node at its depth)."""
+        block = as_token_block(tokens, self.batch_size).to(self.device)
+        links = as_token_block(parents, self.batch_size)
+        rows, k = block.shape
+        if links.shape != block.shape:
+            raise RuntimeAdapterError(f"parents {tuple(links.shape)} do not match tokens {tuple(block.shape)}")
+        ancestors = torch.zeros(rows, k, k, dtype=torch.bool)
+        depth = torch.zeros(rows, k, dtype=torch.long)
+        eye = torch.eye(k, dtype=torch.bool)
+        for b in range(rows):
+            up = links[b].tolist()
+            depth[b] = torch.tensor(tree_depths(up), dtype=torch.long)
+            for i, p in enumerate(up):
+                ancestors[b, i] = eye[i] | (ancestors[b, p] if p >= 0 else False)
+        past = self.length
+        seen = (torch.ones(rows, past, dtype=torch.bool) if self._mask is None else self._mask.bool().cpu())
+        allowed = torch.cat([seen.unsqueeze(1).expand(rows, k, past), ancestors], dim=2).unsqueeze(1)
+        dtype = next(self.model.parameters()).dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+        base = (torch.full((rows,), past, dtype=torch.long) if self._mask is None
+                else self._mask.sum(-1).cpu().long())
+        position_ids = (base.unsqueeze(1) + depth - 1).to(self.device)
+        self._ids = torch.cat([self._ids, block], dim=1)
+        if self._mask is not None:
+            self._mask = torch.cat([self._mask, torch.ones_like(block)], dim=1)
+        kwargs = {"input_ids": block, "attention_mask": mask.to(self.device), "position_ids": position_ids,
+                  "use_cache": True, self._cache_kw: self._cache, "logits_to_keep": k}
+        with torch.no_grad():
+            out = self.model(**kwargs)
+        self._cache = output_cache(out)
+        self.forward_passes += 1
+        return out.logits.float()
 
     def truncate(self, length: int) -> None:
         drop = self.length - length

@@ -72,6 +72,32 @@ def test_left_padded_rows_match_unpadded(model):
     assert torch.allclose(nxt[0, -1], full_logits(model, [1, 5, 6])[-1], atol=1e-4)
 
 
+def test_tree_attention_gives_each_node_the_logits_of_its_path(model):
+    """A tree in one forward (custom 4D mask, positions by depth) equals running each root-to-node path, on a
+    left-padded batch; the block's leading chain stays a valid continuation after truncation."""
+    session = HFSession(model, [2])
+    ids = torch.tensor([[0, 0, 1, 5], [1, 7, 3, 8]])
+    session.start(ids, torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]]))
+    tokens = torch.tensor([[10, 11, 12, 13, 14], [20, 21, 22, 23, 24]])
+    parents = torch.tensor([[-1, 0, 1, 0, -1], [-1, -1, 1, 2, 1]])
+    out = session.append_tree(tokens, parents)
+    assert out.shape == (2, 5, model.config.vocab_size) and session.forward_passes == 2
+    prompts = [[1, 5], [1, 7, 3, 8]]
+    for b, prompt in enumerate(prompts):
+        for node in range(5):
+            path, cur = [], node
+            while cur >= 0:
+                path.append(int(tokens[b, cur]))
+                cur = int(parents[b, cur])
+            ref = full_logits(model, prompt + path[::-1])[-1]
+            assert torch.allclose(out[b, node], ref, atol=1e-4), (b, node)
+    session.truncate(session.length - 3)  # keep nodes 0 and 1 (a chain in row 0)
+    after = session.append([[40], [40]])
+    assert torch.allclose(after[0, -1], full_logits(model, [1, 5, 10, 11, 40])[-1], atol=1e-4)
+    with pytest.raises(ValueError, match="node 1 has parent 3"):
+        session.append_tree([[1, 2], [1, 2]], [[-1, 3], [-1, 0]])
+
+
 def test_greedy_through_custom_generate_equals_transformers_greedy(model):
     ids = torch.tensor([[1, 5, 9, 14], [1, 33, 2, 7]])
     native = model.generate(ids, max_new_tokens=12, do_sample=False)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from anydecode.algorithms.contracts.errors import ConfigError, RegistryError
+from anydecode.algorithms.contracts.session import ModelSession
 from anydecode.algorithms.sampling.warpers import warped_probs
 from anydecode.algorithms.speculative.config import SpeculativeSampling
 from anydecode.algorithms.speculative.decode import speculative_decode
@@ -42,10 +43,20 @@ class LeftPaddedToySession(ToySession):
         return LeftPaddedToySession(self.model, self.rows)
 
 
-def toy_context(model: ToyModel, prompts, max_new_tokens: int, **kwargs):
+class CopiesOnlyToySession(LeftPaddedToySession):
+    """Without tree attention: tree drafts are verified on copies of the row, one per root-to-leaf path."""
+
+    append_tree = ModelSession.append_tree
+
+    def fork(self) -> CopiesOnlyToySession:
+        return CopiesOnlyToySession(self.model, self.rows)
+
+
+def toy_context(model: ToyModel, prompts, max_new_tokens: int, tree_attention: bool = True, **kwargs):
     """``conformance.toy_context`` on a left-padded toy session (rows of different lengths)."""
     ctx = _toy_context(model, prompts, max_new_tokens, **kwargs)
-    ctx.session = LeftPaddedToySession(model, prompts)
+    cls = LeftPaddedToySession if tree_attention else CopiesOnlyToySession
+    ctx.session = cls(model, prompts)
     return ctx
 
 
@@ -75,6 +86,7 @@ DRAFTERS = [
     ("iad", {"source_ids": (1, 2, 3, 1, 2, 3, 4)}),
     ("aded", {}),
     ("aded", {"max_nodes": 3, "branching": 3}),
+    ("aded", {"max_nodes": 10, "branching": 3, "tree_attention": False}),
     ("speculative", {"drafter": "draft_model", "num_draft_tokens": 3}),
     ("speculative", {"drafter": "prompt_lookup", "max_ngram": 2, "adaptive": False}),
 ]
@@ -83,9 +95,11 @@ DRAFTERS = [
 def run(name: str, settings: dict, model: ToyModel, prompts, max_new: int, draft_model: ToyModel | None = None):
     dec = anydecode.get_decoder(name)
     extra = {}
+    settings = dict(settings)
+    tree_attention = settings.pop("tree_attention", True)
     if settings.get("drafter") == "draft_model":
         extra["draft_session"] = LeftPaddedToySession(draft_model or copying_model(seed=5), prompts)
-    ctx = toy_context(model, prompts, max_new, extra=extra)
+    ctx = toy_context(model, prompts, max_new, tree_attention=tree_attention, extra=extra)
     return dec.run(dec.configure(settings), ctx), ctx
 
 
@@ -107,6 +121,29 @@ def test_greedy_speculation_equals_greedy_decoding(name, settings, rows):
     assert stats["accepted"] <= stats["drafted"]
     assert stats["forward_passes"] == ctx.session.forward_passes
     assert stats["forward_passes"] <= sum(len(s) for s in result.sequences)
+
+
+def test_tree_attention_and_row_copies_verify_the_same_trees():
+    """One forward with tree attention accepts exactly what verifying each root-to-leaf path on a row copy does,
+    and a tree step keeps only the block's leading chain in the cache (the rest is re-fed as pending tokens)."""
+    model = copying_model(seed=7)
+    # fixed draft sizes: the cost-aware controller sizes drafts from wall-clock time, which differs between runs
+    settings = {"max_nodes": 10, "branching": 3, "cost_aware": False}
+    calls = []
+
+    class Counting(LeftPaddedToySession):
+        def append_tree(self, tokens, parents):
+            calls.append(tuple(parents[0].tolist()))
+            return super().append_tree(tokens, parents)
+
+    dec = anydecode.get_decoder("aded")
+    ctx = toy_context(model, PROMPTS, 40)
+    ctx.session = Counting(model, PROMPTS)
+    with_mask = dec.run(dec.configure(settings | {"persist": False}), ctx)
+    copies, _ = run("aded", settings | {"persist": False, "tree_attention": False}, model, PROMPTS, 40)
+    assert with_mask.sequences == copies.sequences == greedy(model, PROMPTS, 40).sequences
+    assert with_mask.stats["accepted"] == copies.stats["accepted"] > 0
+    assert any(any(p not in (i - 1, -1) for i, p in enumerate(c)) for c in calls)  # real trees went through
 
 
 def test_speculation_saves_target_passes_on_copying_text():
@@ -297,13 +334,14 @@ def cached(model: ToyModel) -> ToyModel:
                     eos_token_id=model.eos_token_id)
 
 
-def sampled_sequences(settings: dict, n_batches: int, rows: int, draft: ToyModel | None, drafter_cls=None):
+def sampled_sequences(settings: dict, n_batches: int, rows: int, draft: ToyModel | None, drafter_cls=None,
+                      tree_attention: bool = True):
     target = cached(ToyModel.seeded(SAMPLE_VOCAB, seed=11, concentration=0.7))
     prompt = [0, 1]
     out = []
     for i in range(n_batches):
         prompts = [prompt] * rows
-        ctx = toy_context(target, prompts, SAMPLE_LEN)
+        ctx = toy_context(target, prompts, SAMPLE_LEN, tree_attention=tree_attention)
         sampling = SpeculativeSampling(**{k: v for k, v in settings.items() if k != "drafter"}, seed=i)
         if drafter_cls is not None:
             drafter = drafter_cls(DraftModelConfig(num_draft_tokens=3), sampling, ToySession(draft, prompts),
@@ -341,9 +379,10 @@ def test_draft_model_sampling_matches_the_target_law_and_the_unwarped_q_twin_fai
     assert chi_square_test(buggy, law).p_value < 1e-6
 
 
-@pytest.mark.parametrize("name", ["iad", "aded", "prompt_lookup"])
-def test_deterministic_drafters_sample_the_target_law(name):
+@pytest.mark.parametrize("name,tree_attention", [("iad", True), ("aded", True), ("aded", False),
+                                                 ("prompt_lookup", True)])
+def test_deterministic_drafters_sample_the_target_law(name, tree_attention):
     settings = {"drafter": name, "temperature": 1.3, "top_p": 0.9}
-    target, prompt, samples = sampled_sequences(settings, 8, 250, None)
+    target, prompt, samples = sampled_sequences(settings, 8, 250, None, tree_attention=tree_attention)
     sampling = SpeculativeSampling(temperature=1.3, top_p=0.9)
     assert chi_square_test(samples, expected_law(target, prompt, sampling)).p_value > 1e-6
