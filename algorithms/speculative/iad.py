@@ -59,6 +59,9 @@ class _Alignment:
     position: int | None
     seen: int
     cap: int
+    #: the input position where the alignment was last lost: edits move forward through the input, so an
+    #: ambiguous re-alignment prefers the first match at or after it
+    anchor: int = 0
 
 
 class IADDrafter(Drafter):
@@ -92,17 +95,28 @@ class IADDrafter(Drafter):
             ))
 
     def _realign(self, state: _Alignment, generated: np.ndarray) -> int | None:
-        """The input position after the shortest generated suffix (1..max_match_ngram tokens) found exactly once."""
+        """The input position after the generated suffix, matched on 1..max_match_ngram tokens.
+
+        A suffix found exactly once wins at the shortest such length. Where even the longest suffix is found more
+        than once, the first match at or after the anchor (where the alignment was lost) is taken, since edits
+        move forward through the input.
+        """
         src = state.source
+        ambiguous: np.ndarray | None = None
         for n in range(1, self.config.max_match_ngram + 1):
             if generated.shape[0] < n or src.shape[0] < n:
-                return None
+                break
             windows = np.lib.stride_tricks.sliding_window_view(src, n)
             hits = np.flatnonzero((windows == generated[-n:]).all(axis=1))
             if hits.size == 0:
-                return None
+                break
             if hits.size == 1:
                 return int(hits[0]) + n
+            ambiguous = hits + n
+        if ambiguous is not None:
+            ahead = ambiguous[ambiguous >= state.anchor]
+            if ahead.size:
+                return int(ahead[0])
         return None
 
     def propose(self, contexts: Sequence[Sequence[int]], limits: Sequence[int]) -> list[Draft]:
@@ -115,6 +129,7 @@ class IADDrafter(Drafter):
                 if expected.shape == new.shape and bool((expected == new).all()):
                     state.position += int(new.size)
                 else:
+                    state.anchor = state.position
                     state.position = None
             if state.position is None and len(context) > state.prompt_length:
                 generated = np.asarray(context[state.prompt_length:], dtype=np.int64)
