@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -99,7 +100,9 @@ def run_decoder(model: Any, input_ids: torch.Tensor, decoder: Decoder, config: D
                 extra: dict[str, Any] | None = None) -> tuple[DecodeResult, HFSession]:
     """Prefill ``input_ids`` in a fresh session and run ``decoder``; the core of every HF entry point."""
     session = HFSession(model, eos_token_ids)
+    started = time.perf_counter()
     prompt_logits = session.start(input_ids, attention_mask)
+    prefill_seconds = time.perf_counter() - started
     prompts = [session.tokens(b) for b in range(session.batch_size)]
     ctx = DecodeContext(
         vocab_size=session.vocab_size,
@@ -118,6 +121,7 @@ def run_decoder(model: Any, input_ids: torch.Tensor, decoder: Decoder, config: D
     result = decoder.run(config, ctx)
     result.stats.setdefault("forward_passes", session.forward_passes)
     result.stats["target_forward_passes"] = session.forward_passes
+    result.stats["prefill_seconds"] = prefill_seconds
     return result, session
 
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -66,7 +67,9 @@ def generate(llm: Any, prompt: str | Sequence[int], decoder: str | Decoder = "gr
     dec, config = resolve_decoder(decoder, {**settings, **(decoder_config or {})})
     session = LlamaSession(llm)
     ids = prompt_ids(llm, prompt, chat=chat)
+    started = time.perf_counter()
     logits = session.start(ids)
+    prefill_seconds = time.perf_counter() - started
     stream = StreamDecoder(llm) if on_text is not None else None
 
     def on_token(row: int, token: int) -> None:
@@ -96,6 +99,7 @@ def generate(llm: Any, prompt: str | Sequence[int], decoder: str | Decoder = "gr
     result = dec.run(config, ctx)
     result.stats["target_forward_passes"] = session.forward_passes
     result.stats["prompt_tokens"] = len(ids)
+    result.stats["prefill_seconds"] = prefill_seconds
     seqs = []
     for i, seq in enumerate(result.sequences):
         body = [t for t in seq if t not in session.eos_token_ids]
