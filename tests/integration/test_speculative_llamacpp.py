@@ -29,10 +29,22 @@ def llm():
     llm.close()
 
 
+def top_two_gap(llm, ids: list[int], a: int, b: int) -> float:
+    """|logit(a) - logit(b)| after ``ids``, from one-token decoding (the plain greedy path)."""
+    session = LlamaSession(llm)
+    llm.reset()
+    logits = session.start(ids[:1])
+    for token in ids[1:]:
+        logits = session.step([token])
+    return abs(float(logits[0, a] - logits[0, b]))
+
+
 def test_greedy_speculation_matches_llama_cpp_greedy(llm):
-    """Token-for-token equality with the plain greedy loop on editing prompts, for each drafter; a prefix
-    mismatch is allowed only where the two top logits nearly tie (batched vs one-token kernels)."""
+    """Token-for-token equality with the plain greedy loop on editing prompts, for each drafter; where the
+    outputs part, the two tokens must nearly tie in the one-token logits (batched and one-token kernels round
+    differently), which is checked at the first differing position."""
     shares = {}
+    gaps = []
     for decoder in ("iad", "prompt_lookup", "aded"):
         same = 0
         for prompt in EDITING:
@@ -42,9 +54,16 @@ def test_greedy_speculation_matches_llama_cpp_greedy(llm):
             # the first token comes from the same prompt logits: always equal
             assert ours.token_ids[:1] == reference[:1]
             assert len(ours.token_ids) <= MAX_NEW
+            if ours.token_ids != reference:
+                i = next(j for j, (x, y) in enumerate(zip(ours.token_ids, reference)) if x != y)
+                ids = prompt_ids(llm, prompt, chat=True) + reference[:i]
+                gaps.append(top_two_gap(llm, ids, reference[i], ours.token_ids[i]))
         shares[decoder] = same / len(EDITING)
-    print("identical-output share:", shares)
+    print("identical-output share:", shares, "logit gaps where outputs part:", gaps)
     assert min(shares.values()) >= 0.5, shares
+    # measured: a block and one-token steps give identical logits at most positions and differ by up to ~0.5 at a
+    # few (another kernel path in llama.cpp); outputs part only where the two tokens are that close
+    assert all(gap < 0.6 for gap in gaps), gaps
 
 
 def test_draft_model_speculation_with_a_second_llama(llm):
