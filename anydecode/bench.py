@@ -186,8 +186,11 @@ def run_bench(runtime: str, decoder: str, settings: dict[str, Any], baseline: st
     if baseline not in NATIVE:
         get_decoder(baseline)
     a, b, handle = (llamacpp_runners if runtime == "llamacpp" else hf_runners)(decoder, cfg, baseline)
-    a(items[0])  # warm-up, not timed
-    b(items[0])
+    # warm-up, not timed, on a prompt outside the workload (a drafter that learns across requests, like aded,
+    # must not have seen a workload prompt's output before it is timed on it)
+    warm = {"prompt": "Say hello.", "chat": items[0]["chat"], "max_new_tokens": 8}
+    a(warm)
+    b(warm)
     rows = []
     totals = {"a_tokens": 0, "b_tokens": 0, "a_seconds": 0.0, "b_seconds": 0.0, "a_prefill_seconds": 0.0,
               "b_prefill_seconds": 0.0}
