@@ -125,7 +125,13 @@ class SpeculativeLoop:
         self.use_trees = drafter.tree and (self.tree_attention or can_select(self.session))
         # timing-driven draft lengths cannot change a greedy output; under sampling they would change which random
         # numbers are used, and seeded runs must repeat
-        self.controller = DraftLengthController(self.session.batch_size) if cost_aware and self.greedy else None
+        # under sampling, the session's fixed cost hint sizes drafts from acceptance alone (deterministic)
+        hint = getattr(self.session, "forward_cost", None)
+        self.controller = None
+        if cost_aware and self.greedy:
+            self.controller = DraftLengthController(self.session.batch_size)
+        elif cost_aware and hint is not None:
+            self.controller = DraftLengthController(self.session.batch_size, fixed_cost=hint)
         #: a transform the adapter applies before sampling (transformers' repetition penalty, ...): applied to the
         #: target's logits at every verified position, with that position's prefix
         self.pre_transform = ctx.extra.get("pre_transform")
@@ -324,6 +330,13 @@ class SpeculativeLoop:
         step.cost_width = width * len(expanded) / max(rows, 1)
         return step
 
+    def _draft_limit(self, row: int, cap: int, pending: int) -> int:
+        """The controller's draft length; a tree verified in one pass gets the drafter's whole node budget
+        whenever drafting pays at all (the controller's chain model would cut a bushy tree to one node)."""
+        assert self.controller is not None
+        k = self.controller.limit(row, cap, pending)
+        return cap if self.use_trees and k > 0 else k
+
     # -- the loop -------------------------------------------------------------------------------------------------
     def run(self) -> DecodeResult:
         ctx, session = self.ctx, self.session
@@ -347,7 +360,7 @@ class SpeculativeLoop:
                 break
             limits = [max(0, ctx.max_new_tokens - len(generated[b]) - 1) if active[b] else 0 for b in range(rows)]
             if self.controller is not None:
-                limits = [self.controller.limit(b, limits[b], len(pending[b])) if active[b] else 0
+                limits = [self._draft_limit(b, limits[b], len(pending[b])) if active[b] else 0
                           for b in range(rows)]
             contexts = [prompts[b] + generated[b] for b in range(rows)]
             draft_started = time.perf_counter()
@@ -435,7 +448,7 @@ def speculative_decode(ctx: DecodeContext, drafter: Drafter, sampling: SamplingC
                        coins: Coins | None = None, cost_aware: bool = True) -> DecodeResult:
     """Generate with speculative decoding: lossless for any drafter, identical to greedy when temperature is 0.
 
-    ``cost_aware`` (greedy only) caps draft lengths by the measured cost of target forwards
-    (``schedule.DraftLengthController``).
+    ``cost_aware`` caps draft lengths by the cost of target forwards (``schedule.DraftLengthController``):
+    measured under greedy decoding, the session's fixed ``forward_cost`` hint under sampling.
     """
     return SpeculativeLoop(ctx, drafter, sampling, coins, cost_aware).run()

@@ -5,7 +5,9 @@ acceptance ``a`` (Leviathan et al. 2023), and a forward over ``w`` tokens costs 
 ``c1`` is near 0 and long drafts are free; on a CPU it is not (llama.cpp's quantised kernels cost nearly as much
 per token in a batch as alone), so the best ``k`` differs by runtime and machine. This controller fits ``c0`` and
 ``c1`` to the forwards it has timed and picks the ``k`` that minimises the time per emitted token. It depends on
-wall-clock time, so it is used only where draft lengths cannot change the output: greedy decoding.
+wall-clock time, so it is used only where draft lengths cannot change the output: greedy decoding. Under
+sampling it runs on the session's fixed cost hint instead (``ModelSession.forward_cost``): draft lengths then
+depend only on what was accepted, so seeded runs repeat.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ class DraftLengthController:
     PROBES = (8, 2, 16, 4)
 
     def __init__(self, rows: int, history: int = 48, prior_acceptance: float = 0.8, decay: float = 0.8,
-                 probe_every: int = 8):
+                 probe_every: int = 8, fixed_cost: tuple[float, float] | None = None):
         self.samples: deque[tuple[int, float]] = deque(maxlen=history)
+        #: ``(c0, c1)`` used instead of timings (deterministic draft lengths)
+        self.fixed_cost = fixed_cost
         #: after this many steps without drafting, a row drafts again to re-measure its acceptance
         self.probe_every = probe_every
         self.idle = [0] * rows
@@ -31,7 +35,8 @@ class DraftLengthController:
         self.trials = [4.0] * rows
 
     def record_forward(self, width: int, seconds: float) -> None:
-        self.samples.append((width, seconds))
+        if self.fixed_cost is None:
+            self.samples.append((width, seconds))
 
     def record_row(self, row: int, drafted: int, accepted: int) -> None:
         if drafted == 0:
@@ -45,6 +50,8 @@ class DraftLengthController:
 
     def cost_model(self) -> tuple[float, float] | None:
         """``(c0, c1)`` by least squares, or None until forwards of different widths were timed."""
+        if self.fixed_cost is not None:
+            return self.fixed_cost
         if len(self.samples) < 4:
             return None
         n = len(self.samples)

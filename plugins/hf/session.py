@@ -32,6 +32,8 @@ class HFSession(ModelSession):
         self._mask: torch.Tensor | None = None  # (B, length) 1 = real token; None when there is no padding
         self.forward_passes = 0
         self.device = next(model.parameters()).device
+        # a forward is mostly fixed cost: on CPU (135M, fp32, 2 threads) 1 token 73 ms, 32 tokens 126 ms
+        self.forward_cost = (1.0, 0.02 if self.device.type == "cpu" else 0.002)
 
     # -- state ---------------------------------------------------------------------------------------------------
     @property

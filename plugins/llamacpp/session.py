@@ -21,6 +21,9 @@ from ._runtime import check_llama, import_llama_cpp
 class LlamaSession(ModelSession):
     """One sequence in a ``Llama``'s context. ``start(prompt)`` returns the logits after the prompt."""
 
+    #: measured on CPU (Q4_1, 2 threads): one token about 9 ms, each further token in a block about 4 ms
+    forward_cost = (1.0, 0.45)
+
     def __init__(self, llm):
         check_llama(llm)
         self.llm = llm

@@ -386,3 +386,30 @@ def test_deterministic_drafters_sample_the_target_law(name, tree_attention):
     target, prompt, samples = sampled_sequences(settings, 8, 250, None, tree_attention=tree_attention)
     sampling = SpeculativeSampling(temperature=1.3, top_p=0.9)
     assert chi_square_test(samples, expected_law(target, prompt, sampling)).p_value > 1e-6
+
+
+def test_under_sampling_a_fixed_cost_hint_sizes_drafts_from_acceptance_alone():
+    """A session's ``forward_cost`` hint drives draft lengths under sampling; timings are ignored, so seeded runs
+    repeat exactly, and drafting stops paying (shorter drafts) when acceptance is low."""
+    from anydecode.algorithms.speculative.schedule import DraftLengthController
+
+    controller = DraftLengthController(1, fixed_cost=(1.0, 0.45))
+    controller.record_forward(8, 123.0)
+    assert controller.cost_model() == (1.0, 0.45) and not controller.samples
+    for _ in range(6):
+        controller.record_row(0, 8, 0)
+    assert controller.limit(0, 16, 1) == 0  # nothing is accepted: plain decoding
+    model = copying_model(seed=3)
+
+    class Hinted(LeftPaddedToySession):
+        forward_cost = (1.0, 0.45)
+
+    def sample_once():
+        dec = anydecode.get_decoder("iad")
+        ctx = toy_context(model, PROMPTS, 30)
+        ctx.session = Hinted(model, PROMPTS)
+        return dec.run(dec.configure({"temperature": 0.8, "seed": 4}), ctx)
+
+    first, second = sample_once(), sample_once()
+    assert first.sequences == second.sequences
+    assert first.stats["drafted"] == second.stats["drafted"]
