@@ -110,16 +110,16 @@ def main() -> None:
     # 1. plain engine: plain requests, then dbs against LLM.beam_search (4 beams in all)
     llm = make_engine(path, processor=False)
     plain_first = plain_requests(llm)
-    beam_prompts = ps[:4]
+    beam_prompts = ps[:2]
 
     def ours_dbs():
         outs, secs = timed(lambda: generate(llm, beam_prompts, decoder="dbs", num_beams=4, num_beam_groups=2,
-                                            diversity_penalty=0.5, max_new_tokens=24))
+                                            diversity_penalty=0.5, max_new_tokens=12))
         return sum(len(g.sequences[0].token_ids) for g in outs), secs
 
     def native_beam():
         outs, secs = timed(lambda: llm.beam_search([{"prompt": p} for p in beam_prompts],
-                                                   BeamSearchParams(beam_width=4, max_tokens=24)))
+                                                   BeamSearchParams(beam_width=4, max_tokens=12)))
         return sum(len(o.sequences[0].tokens) - len(llm.get_tokenizer().encode(p))
                    for o, p in zip(outs, beam_prompts)), secs
 
