@@ -76,20 +76,6 @@ class ModelSession(abc.ABC):
         """An independent copy of this session."""
         raise RuntimeAdapterError(f"{type(self).__name__} cannot fork")
 
-    #: whether ``append_hidden`` and ``logits_from_hidden`` are available (logits computed only where needed)
-    lazy_logits: bool = False
-
-    def append_hidden(self, tokens: torch.Tensor, parents: torch.Tensor | None = None) -> torch.Tensor:
-        """``append`` (or ``append_tree`` with ``parents``) returning the final hidden states ``(batch, k, H)``
-        instead of logits; ``logits_from_hidden`` turns any of them into logits. Greedy verification then pays
-        the output head only at the positions it reads (on a CPU the head over a large vocabulary costs about
-        as much per position as the rest of a small model)."""
-        raise RuntimeAdapterError(f"{type(self).__name__} cannot return hidden states")
-
-    def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits (float32) for hidden states returned by ``append_hidden``."""
-        raise RuntimeAdapterError(f"{type(self).__name__} cannot return hidden states")
-
     def append_tree(self, tokens: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
         """Feed a tree of ``k`` tokens per row and return logits ``(batch, k, vocab)`` in one forward pass.
 

@@ -89,66 +89,6 @@ class _Logits:
         return full.gather(1, index.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
 
 
-class _LazyLogits(_Logits):
-    """Like ``_Logits``, but the block's positions hold final hidden states and logits are computed (and kept)
-    only where verification reads them (greedy: up to each row's first mismatch, in small chunks)."""
-
-    CHUNK = 4
-
-    def __init__(self, prev: torch.Tensor, hidden: torch.Tensor, head):
-        super().__init__(prev, None)
-        self.hidden = hidden
-        self.head = head
-        self.cache: dict[tuple[int, int], torch.Tensor] = {}
-
-    def row(self, row: int, index: int) -> torch.Tensor:
-        if index == 0:
-            return self.prev[row]
-        key = (row, index)
-        if key not in self.cache:
-            self.cache[key] = self.head(self.hidden[row, index - 1])
-        return self.cache[key]
-
-    def at(self, index: int) -> torch.Tensor:
-        return torch.stack([self.row(r, index) for r in range(self.prev.shape[0])])
-
-    def take(self, rows: Sequence[int]) -> _LazyLogits:
-        out = _LazyLogits(self.prev[list(rows)], self.hidden[list(rows)], self.head)
-        out.cache = {(i, index): v for i, r in enumerate(rows) for (rr, index), v in self.cache.items() if rr == r}
-        return out
-
-    def verify_greedy(self, draft: torch.Tensor, lengths: torch.Tensor,
-                      starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Greedy chain verification reading logits only up to each row's first mismatch."""
-        rows = draft.shape[0]
-        n = torch.zeros(rows, dtype=torch.long)
-        nxt = torch.zeros(rows, dtype=torch.long)
-        for b in range(rows):
-            start, length = int(starts[b]), int(lengths[b])
-            j = 0
-            while True:
-                # argmax at positions start + j .. start + j + CHUNK - 1 of the sequence, in one head call
-                hi = min(j + self.CHUNK, length + 1)
-                idx = [start + i for i in range(j, hi)]
-                fresh = [i for i in idx if i > 0 and (b, i) not in self.cache]
-                if fresh:
-                    logits = self.head(self.hidden[b, [i - 1 for i in fresh]])
-                    for i, vec in zip(fresh, logits):
-                        self.cache[(b, i)] = vec
-                targets = [int(self.row(b, i).argmax()) for i in idx]
-                stop = None
-                for off, target in enumerate(targets):
-                    pos = j + off
-                    if pos >= length or int(draft[b, pos]) != target:
-                        stop = (pos, target)
-                        break
-                if stop is not None:
-                    n[b], nxt[b] = stop
-                    break
-                j = hi
-        return n, nxt
-
-
 class _Step:
     """What one verification step decided for each row."""
 
@@ -168,7 +108,7 @@ class SpeculativeLoop:
     """Runs one ``generate`` call: a drafter, the target session and the user's sampling settings."""
 
     def __init__(self, ctx: DecodeContext, drafter: Drafter, sampling: SamplingConfig, coins: Coins | None = None,
-                 cost_aware: bool = True, lazy_logits: bool = True):
+                 cost_aware: bool = True):
         if ctx.session is None or ctx.prompt_logits is None:
             raise ConfigError("speculative decoding needs a model session and the logits after the prompt")
         if ctx.max_new_tokens < 0:
@@ -195,9 +135,6 @@ class SpeculativeLoop:
         #: a transform the adapter applies before sampling (transformers' repetition penalty, ...): applied to the
         #: target's logits at every verified position, with that position's prefix
         self.pre_transform = ctx.extra.get("pre_transform")
-        #: greedy verification reads logits only where it needs them (``ModelSession.append_hidden``)
-        self.lazy = bool(self.greedy and self.pre_transform is None and getattr(self.session, "lazy_logits", False)
-                         and lazy_logits)
         #: the user's stopping criteria: ``stop_check(row, generated) -> bool``
         self.stop_check = ctx.extra.get("stop_check")
         self.states: list[Any] = []
@@ -219,10 +156,9 @@ class SpeculativeLoop:
         block, width = self._block(rows)
         if block is None:
             return _Logits(prev, None), 0
+        out = self.session.append(block)
         self.forward_passes += 1
-        if self.lazy:
-            return _LazyLogits(prev, self.session.append_hidden(block), self.session.logits_from_hidden), width
-        return _Logits(prev, self.session.append(block)), width
+        return _Logits(prev, out), width
 
     def _chain_step(self, prev: torch.Tensor, pending: list[list[int]], drafts: list[Draft],
                     active: list[bool]) -> _Step:
@@ -239,9 +175,7 @@ class SpeculativeLoop:
         for b, d in enumerate(drafts):
             if active[b] and len(d):
                 draft_t[b, : len(d)] = torch.tensor(d.tokens, dtype=torch.long)
-        if isinstance(seq, _LazyLogits):
-            n, nxt = seq.verify_greedy(draft_t, lengths, starts)
-        elif self.greedy and self.pre_transform is None:
+        if self.greedy and self.pre_transform is None:
             targets = seq.argmax().gather(1, index)
             n, nxt = verify_chain_greedy(draft_t, lengths, targets)
         elif self.greedy:
@@ -328,12 +262,9 @@ class SpeculativeLoop:
             # padding continues the row's chain (it is cut off before anything reads it)
             for i in range(n, width):
                 parents[b, i] = i - 1
+        out = self.session.append_tree(block, parents)
         self.forward_passes += 1
-        if self.lazy:
-            seq: _Logits = _LazyLogits(prev, self.session.append_hidden(block, parents),
-                                       self.session.logits_from_hidden)
-        else:
-            seq = _Logits(prev, self.session.append_tree(block, parents))
+        seq = _Logits(prev, out)
         for b in range(rows):
             if not active[b]:
                 continue
@@ -514,11 +445,10 @@ class SpeculativeLoop:
 
 
 def speculative_decode(ctx: DecodeContext, drafter: Drafter, sampling: SamplingConfig,
-                       coins: Coins | None = None, cost_aware: bool = True, lazy_logits: bool = True) -> DecodeResult:
+                       coins: Coins | None = None, cost_aware: bool = True) -> DecodeResult:
     """Generate with speculative decoding: lossless for any drafter, identical to greedy when temperature is 0.
 
     ``cost_aware`` caps draft lengths by the cost of target forwards (``schedule.DraftLengthController``):
-    measured under greedy decoding, the session's fixed ``forward_cost`` hint under sampling. ``lazy_logits``
-    (greedy, where the session has ``append_hidden``) computes logits only at the positions verification reads.
+    measured under greedy decoding, the session's fixed ``forward_cost`` hint under sampling.
     """
-    return SpeculativeLoop(ctx, drafter, sampling, coins, cost_aware, lazy_logits).run()
+    return SpeculativeLoop(ctx, drafter, sampling, coins, cost_aware).run()

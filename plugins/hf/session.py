@@ -75,41 +75,35 @@ class HFSession(ModelSession):
         pos = self._mask.cumsum(-1) - 1
         return pos[:, start: start + k].clamp_min(0)
 
-    def _chain_kwargs(self, block: torch.Tensor, start: int) -> dict[str, Any]:
-        kwargs = {"input_ids": block, "attention_mask": self._mask, "use_cache": True, self._cache_kw: self._cache}
+    def _forward(self, block: torch.Tensor, start: int) -> torch.Tensor:
+        k = block.shape[1]
+        kwargs = {
+            "input_ids": block,
+            "attention_mask": self._mask,
+            "use_cache": True,
+            self._cache_kw: self._cache,
+            "logits_to_keep": k if start > 0 else 1,
+        }
         if self._mask is not None:
-            kwargs["position_ids"] = self._positions(start, block.shape[1])
-        return kwargs
-
-    def _run(self, kwargs: dict[str, Any], keep: int, hidden: bool = False) -> torch.Tensor:
-        """One forward: logits at the last ``keep`` positions, or (``hidden``) the final hidden states."""
+            kwargs["position_ids"] = self._positions(start, k)
         with torch.no_grad():
-            if hidden:
-                out = self.model.get_decoder()(**kwargs)
-            else:
-                out = self.model(**kwargs, logits_to_keep=keep)
+            out = self.model(**kwargs)
         self._cache = output_cache(out)
         self.forward_passes += 1
-        return out.last_hidden_state if hidden else out.logits.float()
+        return out.logits.float()
 
-    def _forward(self, block: torch.Tensor, start: int) -> torch.Tensor:
-        return self._run(self._chain_kwargs(block, start), block.shape[1] if start > 0 else 1)
-
-    def _grow(self, tokens: torch.Tensor | Sequence[Sequence[int]]) -> tuple[torch.Tensor, int]:
+    def append(self, tokens: torch.Tensor | Sequence[Sequence[int]]) -> torch.Tensor:
         block = as_token_block(tokens, self.batch_size).to(self.device)
         start = self.length
         self._ids = torch.cat([self._ids, block], dim=1)
         if self._mask is not None:
             self._mask = torch.cat([self._mask, torch.ones_like(block)], dim=1)
-        return block, start
-
-    def append(self, tokens: torch.Tensor | Sequence[Sequence[int]]) -> torch.Tensor:
-        block, start = self._grow(tokens)
         return self._forward(block, start)
 
-    def _tree_kwargs(self, block: torch.Tensor, parents: torch.Tensor) -> dict[str, Any]:
+    def append_tree(self, tokens: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
         """Tree attention through a custom 4D attention mask (transformers uses a 4D mask as given) and explicit
-        position ids (each node at its depth); call before ``_grow``."""
+        position ids (each node at its depth)."""
+        block = as_token_block(tokens, self.batch_size).to(self.device)
         links = as_token_block(parents, self.batch_size)
         rows, k = block.shape
         if links.shape != block.shape:
@@ -130,39 +124,16 @@ class HFSession(ModelSession):
         base = (torch.full((rows,), past, dtype=torch.long) if self._mask is None
                 else self._mask.sum(-1).cpu().long())
         position_ids = (base.unsqueeze(1) + depth - 1).to(self.device)
-        return {"input_ids": block, "attention_mask": mask.to(self.device), "position_ids": position_ids,
-                "use_cache": True, self._cache_kw: self._cache}
-
-    def append_tree(self, tokens: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
-        block = as_token_block(tokens, self.batch_size).to(self.device)
-        kwargs = self._tree_kwargs(block, parents)
-        self._grow(block)
-        return self._run(kwargs, block.shape[1])
-
-    @property
-    def lazy_logits(self) -> bool:  # type: ignore[override]
-        """The output head can be split off: a decoder body, a linear head, and no logit soft-capping or
-        scaling in between (Llama-family models; others use full logits)."""
-        cfg = self.model.config
-        if getattr(cfg, "final_logit_softcapping", None) is not None or getattr(cfg, "logit_scale", None) is not None:
-            return False
-        body = getattr(self.model, "get_decoder", lambda: None)()
-        head = self.model.get_output_embeddings()
-        return body is not None and body is not self.model and isinstance(head, torch.nn.Linear)
-
-    def append_hidden(self, tokens: torch.Tensor, parents: torch.Tensor | None = None) -> torch.Tensor:
-        if parents is None:
-            block, start = self._grow(tokens)
-            kwargs = self._chain_kwargs(block, start)
-        else:
-            block = as_token_block(tokens, self.batch_size).to(self.device)
-            kwargs = self._tree_kwargs(block, parents)
-            self._grow(block)
-        return self._run(kwargs, block.shape[1], hidden=True)
-
-    def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        self._ids = torch.cat([self._ids, block], dim=1)
+        if self._mask is not None:
+            self._mask = torch.cat([self._mask, torch.ones_like(block)], dim=1)
+        kwargs = {"input_ids": block, "attention_mask": mask.to(self.device), "position_ids": position_ids,
+                  "use_cache": True, self._cache_kw: self._cache, "logits_to_keep": k}
         with torch.no_grad():
-            return self.model.get_output_embeddings()(hidden).float()
+            out = self.model(**kwargs)
+        self._cache = output_cache(out)
+        self.forward_passes += 1
+        return out.logits.float()
 
     def truncate(self, length: int) -> None:
         drop = self.length - length
