@@ -279,8 +279,8 @@ class SpeculativeLoop:
             step.accepted_tokens[b] = [d.tokens[i] for i in path]
             step.next_tokens[b] = token
             # the cache is a valid continuation only along the block's leading chain (node i's parent is i - 1)
-            chain = 0
-            while chain < len(path) and path[chain] == chain and d.node_parents()[chain] == chain - 1:
+            chain, links_b = 0, d.node_parents()
+            while chain < len(path) and path[chain] == chain and links_b[chain] == chain - 1:
                 chain += 1
             step.cache_valid[b] = start + chain
         step.logits, step.width, step.cost_width = seq, width, float(width)

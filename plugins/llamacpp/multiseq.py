@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from anydecode.algorithms.contracts.errors import RuntimeAdapterError
-from anydecode.algorithms.contracts.session import ModelSession, as_token_block
+from anydecode.algorithms.contracts.session import TokenRowsSession, as_token_block
 
 from ._runtime import check_llama, import_llama_cpp
 
@@ -64,7 +64,7 @@ def _context_for(llm: Any, n_ctx: int, n_seq_max: int) -> tuple[Any, int]:
     return context, int(params.n_batch)
 
 
-class MultiSequenceSession(ModelSession):
+class MultiSequenceSession(TokenRowsSession):
     """Up to ``max_rows`` rows, each a sequence id in a unified-KV llama.cpp context on the Llama's model."""
 
     def __init__(self, llm: Any, max_rows: int, n_ctx: int):
@@ -87,24 +87,13 @@ class MultiSequenceSession(ModelSession):
         self._ctx = self.context.ctx
         self._memory = lib.llama_get_memory(self._ctx)
         self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
-        self._rows: list[list[int]] = []
+        self.rows: list[list[int]] = []
         self._seq: list[int] = []
         self._free: list[int] = list(range(self.n_seq_max - 1, -1, -1))
         self.forward_passes = 0
         self.closed = False
 
     # -- state ---------------------------------------------------------------------------------------------------
-    @property
-    def batch_size(self) -> int:
-        return len(self._rows)
-
-    @property
-    def length(self) -> int:
-        return len(self._rows[0]) if self._rows else 0
-
-    def tokens(self, row: int = 0) -> list[int]:
-        return list(self._rows[row])
-
     def sequence_ids(self) -> list[int]:
         """The llama.cpp sequence id of each row (for tests and debugging)."""
         return list(self._seq)
@@ -118,13 +107,13 @@ class MultiSequenceSession(ModelSession):
             raise RuntimeAdapterError(f"{len(prompts)} prompts do not fit a session of {self.max_rows} rows")
         self._lib.llama_memory_clear(self._memory, True)
         self._free = list(range(self.n_seq_max - 1, -1, -1))
-        self._rows, self._seq = [], []
+        self.rows, self._seq = [], []
         out = []
         for prompt in prompts:
             seq = self._free.pop()
-            self._rows.append([])
+            self.rows.append([])
             self._seq.append(seq)
-            row = len(self._rows) - 1
+            row = len(self.rows) - 1
             tokens = [int(t) for t in prompt]
             logits = self._decode([(row, t, len(tokens) - 1 == i) for i, t in enumerate(tokens)])
             out.append(logits[-1])
@@ -142,7 +131,7 @@ class MultiSequenceSession(ModelSession):
         lib, batch = self._lib, self._batch
         if self.length + sum(1 for _ in items) // max(1, self.batch_size) > self.n_ctx:
             raise RuntimeAdapterError(f"the search session's context (n_ctx={self.n_ctx}) is full")
-        positions = [len(r) for r in self._rows]
+        positions = [len(r) for r in self.rows]
         outputs = []
         for start in range(0, len(items), self.n_batch):
             chunk = items[start: start + self.n_batch]
@@ -156,7 +145,7 @@ class MultiSequenceSession(ModelSession):
                 batch.logits[i] = bool(logits)
                 want += bool(logits)
                 positions[row] += 1
-                self._rows[row].append(token)
+                self.rows[row].append(token)
             rc = lib.llama_decode(self._ctx, batch)
             self.forward_passes += 1
             if rc != 0:
@@ -176,7 +165,7 @@ class MultiSequenceSession(ModelSession):
             raise RuntimeAdapterError(f"cannot truncate to {length}: the rows hold {self.length} tokens")
         for row, seq in enumerate(self._seq):
             self._lib.llama_memory_seq_rm(self._memory, seq, length, -1)
-            del self._rows[row][length:]
+            del self.rows[row][length:]
 
     def select(self, rows: Sequence[int]) -> None:
         rows = [int(r) for r in rows]
@@ -194,12 +183,12 @@ class MultiSequenceSession(ModelSession):
                 fresh = self._free.pop()
                 self._lib.llama_memory_seq_cp(self._memory, seq, fresh, -1, -1)
                 new_seq.append(fresh)
-            new_rows.append(list(self._rows[r]))
+            new_rows.append(list(self.rows[r]))
         for seq in self._seq:
             if seq not in claimed:
                 self._lib.llama_memory_seq_rm(self._memory, seq, -1, -1)
                 self._free.append(seq)
-        self._seq, self._rows = new_seq, new_rows
+        self._seq, self.rows = new_seq, new_rows
 
     def close(self) -> None:
         """Free the batch and empty the cache (the context stays on the Llama for the next search)."""
