@@ -32,14 +32,15 @@ class PromptLookupConfig(DecoderConfig):
             raise ConfigError(f"min_ngram={self.min_ngram} must be <= max_ngram={self.max_ngram}")
 
 
-def find_continuation(tokens: np.ndarray, max_ngram: int, min_ngram: int, length: int) -> list[int]:
-    """What followed the earliest earlier occurrence of the context's last n-gram, longest n first."""
+def find_continuation(tokens: np.ndarray, max_ngram: int, min_ngram: int, length: int,
+                      latest: bool = False) -> list[int]:
+    """What followed the earliest (or ``latest``) earlier occurrence of the context's last n-gram, longest n first."""
     total = tokens.shape[0]
     for n in range(min(max_ngram, total - 1), min_ngram - 1, -1):
         windows = np.lib.stride_tricks.sliding_window_view(tokens[:-1], n)
         hits = np.flatnonzero((windows == tokens[-n:]).all(axis=1))
         if hits.size:
-            start = int(hits[0]) + n
+            start = int(hits[-1] if latest else hits[0]) + n
             return tokens[start: start + length].tolist()
     return []
 

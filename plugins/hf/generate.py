@@ -97,9 +97,10 @@ def run_decoder(model: Any, input_ids: torch.Tensor, decoder: Decoder, config: D
                 on_token: Callable[[int, int], None] | None = None,
                 stop_check: Callable[[int, list[int]], bool] | None = None,
                 pad_token_id: int | None = None,
-                extra: dict[str, Any] | None = None) -> tuple[DecodeResult, HFSession]:
+                extra: dict[str, Any] | None = None,
+                fast_linear: bool | None = None) -> tuple[DecodeResult, HFSession]:
     """Prefill ``input_ids`` in a fresh session and run ``decoder``; the core of every HF entry point."""
-    session = HFSession(model, eos_token_ids)
+    session = HFSession(model, eos_token_ids, fast_linear=fast_linear)
     started = time.perf_counter()
     prompt_logits = session.start(input_ids, attention_mask)
     prefill_seconds = time.perf_counter() - started
@@ -143,7 +144,8 @@ def _output_class() -> Any:
 def generate(model: Any, input_ids: torch.Tensor, logits_processor: Any = None, stopping_criteria: Any = None,
              generation_config: Any = None, decoder: str | Decoder = "greedy",
              decoder_config: Mapping[str, Any] | None = None, anydecode_tokenizer: Any = None,
-             n: int | None = None, draft_model: Any = None, **kwargs: Any) -> Any:
+             n: int | None = None, draft_model: Any = None, anydecode_fast_linear: bool | None = None,
+             **kwargs: Any) -> Any:
     """Run ``decoder`` as transformers' decoding loop (pass this function as ``custom_generate=``)."""
     model_kwargs = {k: v for k, v in kwargs.items() if k not in _DECODER_KEYWORDS}
     explicit = {k: v for k, v in kwargs.items() if k in _DECODER_KEYWORDS}
@@ -184,13 +186,13 @@ def generate(model: Any, input_ids: torch.Tensor, logits_processor: Any = None, 
     for _ in range(repeats):  # n samples one after another, so stateful decoders (ASAp) learn in order
         extra = None
         if draft_model is not None:  # the drafter of drafter="draft_model": its own session on the same prompts
-            draft = HFSession(draft_model, eos)
+            draft = HFSession(draft_model, eos, fast_linear=anydecode_fast_linear)
             draft.start(input_ids, attention_mask)
             extra = {"draft_session": draft}
         result, _session = run_decoder(
             model, input_ids, dec, config, attention_mask=attention_mask, max_new_tokens=max_new,
             eos_token_ids=eos, tokenizer=anydecode_tokenizer, pre_transform=pre, stop_check=stop_check,
-            pad_token_id=pad_id, extra=extra,
+            pad_token_id=pad_id, extra=extra, fast_linear=anydecode_fast_linear,
         )
         results.append(result)
 

@@ -185,6 +185,29 @@ def test_iad_copies_the_input_span_in_few_target_passes():
     assert given.sequences == expected.sequences and given.stats["forward_passes"] <= 8
 
 
+def test_iad_falls_back_to_lookup_while_the_output_is_not_aligned_with_the_input():
+    from anydecode.algorithms.speculative.iad import IADConfig, IADDrafter
+
+    prompt = [50, 51, 52, 53]
+    repeating = prompt + [1, 2, 3, 4, 9, 1, 2]  # no generated token is in the input; the model repeats itself
+    drafter = IADDrafter(IADConfig(fallback_tokens=3))
+    drafter.start([prompt])
+    draft = drafter.propose([repeating], [20])[0]
+    assert draft.tokens == [3, 4, 9]  # what followed the last "1 2" in the generated text
+    cap = drafter.rows[0].cap
+    drafter.feedback(0, draft, [])  # a rejected fallback draft leaves the input draft length alone
+    assert drafter.rows[0].cap == cap
+    # the latest occurrence wins, and the whole context is searched when the generated text has no match
+    drafter.start([prompt])
+    assert drafter.propose([prompt + [7, 5, 8, 7, 6, 7]], [5])[0].tokens == [6, 7]
+    given = IADDrafter(IADConfig(source_ids=(60, 61, 62)))
+    given.start([[7, 5, 8, 50, 51]])
+    assert given.propose([[7, 5, 8, 50, 51, 9, 7]], [5])[0].tokens == [5, 8, 50, 51, 9]
+    plain = IADDrafter(IADConfig(fallback=False))
+    plain.start([prompt])
+    assert plain.propose([repeating], [20])[0].tokens == []
+
+
 @pytest.mark.parametrize("name,settings", DRAFTERS)
 @pytest.mark.parametrize("max_new", [0, 1, 2, 7])
 def test_never_more_than_max_new_tokens(name, settings, max_new):
