@@ -94,6 +94,8 @@ def llamacpp_runners(decoder: str, settings: dict[str, Any], baseline: str) -> t
         from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
         lookup = llama_cpp.Llama(model_path=str(default_gguf_path()), n_ctx=llm.n_ctx(), verbose=False,
+                                 n_threads=llm.context_params.n_threads,
+                                 n_threads_batch=llm.context_params.n_threads_batch,
                                  draft_model=LlamaPromptLookupDecoding(num_pred_tokens=10))
         b = native(lookup)
     elif baseline == "native-assisted":

@@ -59,7 +59,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return reference_linear(x, weight, bias)
 
 
-def _linear_modules(model: torch.nn.Module) -> list[torch.nn.Linear]:
+def linear_modules(model: torch.nn.Module) -> list[torch.nn.Linear]:
     """Plain ``nn.Linear`` layers with fp32 CPU weights whose ``forward`` nobody has replaced (accelerate hooks,
     quantisation wrappers and subclasses keep their own)."""
     return [m for m in model.modules()
@@ -77,10 +77,15 @@ def _forward_of(module: torch.nn.Linear) -> Any:
 
 
 @contextlib.contextmanager
-def fast_linear(model: torch.nn.Module, enabled: bool = True) -> Iterator[int]:
-    """Run ``model``'s plain linear layers through oneDNN inside the block; yields how many layers were switched
-    (0 where disabled or not :func:`available`)."""
-    modules = _linear_modules(model) if enabled and available() else []
+def fast_linear(model: torch.nn.Module, enabled: bool = True,
+                modules: list[torch.nn.Linear] | None = None) -> Iterator[int]:
+    """Run ``model``'s plain linear layers (or the given ``modules``, from :func:`linear_modules`) through oneDNN
+    inside the block; yields how many layers were switched (0 where disabled or not :func:`available`)."""
+    if not (enabled and available()):
+        modules = []
+    elif modules is None:
+        modules = linear_modules(model)
+    modules = [m for m in modules if "forward" not in m.__dict__]
     for m in modules:
         m.forward = _forward_of(m)  # type: ignore[method-assign]
     try:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -43,14 +44,30 @@ class GenerationOutput:
     prompt_token_ids: list[int]
 
 
+def default_threads() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def load_default(n_ctx: int = 4096, n_threads: int | None = None, **kwargs: Any) -> Any:
-    """A ``Llama`` on the embedded default model (quiet, CPU)."""
+    """A ``Llama`` on the embedded default model (quiet, CPU), decoding on every core this process may use.
+
+    llama-cpp-python's own default is half the cores for one-token steps (``n_threads``) and all of them for
+    batches (``n_threads_batch``); on this 2-core machine that decodes one token at a time on 1 core: plain greedy
+    53 tok/s against 74 tok/s with ``n_threads=2`` (10 editing prompts). It also flatters speculative decoding,
+    whose multi-token passes ran on both cores while the baseline's steps ran on one.
+    """
     from anydecode.models import check_gguf, default_gguf_path
 
     llama_cpp = import_llama_cpp()
     path = kwargs.pop("model_path", None)
     path = check_gguf(path) if path else default_gguf_path()
-    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads,
+    threads = n_threads or default_threads()
+    kwargs.setdefault("n_threads_batch", threads)
+    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads,
                            verbose=kwargs.pop("verbose", False), **kwargs)
 
 
