@@ -22,6 +22,7 @@ from anydecode.algorithms.speculative.iad import IADConfig, IADDrafter
 from anydecode.algorithms.speculative.prompt_lookup import PromptLookupConfig, PromptLookupDrafter
 
 from ._runtime import import_llama_cpp
+from .session import LlamaSession
 
 LlamaDraftModel = import_llama_cpp().llama_speculative.LlamaDraftModel
 
@@ -94,7 +95,8 @@ class IADDraftModel(DrafterDraftModel):
             from .text import LlamaTokenizer
 
             tokenizer = LlamaTokenizer(llama)
-        super().__init__(lambda: IADDrafter(config, tokenizer), max_draft_tokens)
+        c0, c1 = LlamaSession.forward_cost
+        super().__init__(lambda: IADDrafter(config, tokenizer, block_token_cost=c1 / c0), max_draft_tokens)
 
 
 class ADEDDraftModel(DrafterDraftModel):

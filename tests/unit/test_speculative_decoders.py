@@ -206,6 +206,10 @@ def test_iad_falls_back_to_lookup_while_the_output_is_not_aligned_with_the_input
     plain = IADDrafter(IADConfig(fallback=False))
     plain.start([prompt])
     assert plain.propose([repeating], [20])[0].tokens == []
+    # by default it follows the session's cost of a further block token: on where cheap, off where dear
+    assert IADDrafter(IADConfig(), block_token_cost=0.04).fallback
+    assert not IADDrafter(IADConfig(), block_token_cost=0.45).fallback
+    assert IADDrafter(IADConfig(fallback=True), block_token_cost=0.45).fallback
 
 
 @pytest.mark.parametrize("name,settings", DRAFTERS)
