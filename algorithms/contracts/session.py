@@ -31,9 +31,10 @@ class ModelSession(abc.ABC):
     vocab_size: int
     #: token ids that end a sequence
     eos_token_ids: frozenset[int]
-    #: relative cost ``(c0, c1)`` of a forward over ``w`` tokens per row, ``c0 + c1 * w``, as a fixed hint (speculative
-    #: decoding sizes drafts with it where it must not depend on timings); None: unknown
-    forward_cost: tuple[float, float] | None = None
+    #: relative cost ``(c0, c1)`` or ``(c0, c1, cb)`` of a forward over ``w`` tokens per row,
+    #: ``c0 + c1 * w + cb * (w > 1)``, as a fixed hint (speculative decoding sizes drafts with it where it must not
+    #: depend on timings); None: unknown
+    forward_cost: tuple[float, ...] | None = None
 
     @property
     @abc.abstractmethod

@@ -47,8 +47,10 @@ def _prompt_lookup(config: Any, sampling: Any, ctx: DecodeContext) -> Any:
 def _iad(config: Any, sampling: Any, ctx: DecodeContext) -> Any:
     from anydecode.algorithms.speculative.iad import IADDrafter
 
-    cost = getattr(ctx.session, "forward_cost", None)
-    return IADDrafter(config, ctx.tokenizer, block_token_cost=cost[1] / cost[0] if cost else None)
+    from anydecode.algorithms.speculative.schedule import block_token_share
+
+    share = block_token_share(getattr(ctx.session, "forward_cost", None))
+    return IADDrafter(config, ctx.tokenizer, block_token_cost=share)
 
 
 #: ADED's tri-gram tables, one per model, so that what the model produced in earlier requests drafts later ones

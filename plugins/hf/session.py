@@ -43,7 +43,8 @@ class HFSession(ModelSession):
         self._linears = cpu_linear.linear_modules(model) if self.fast_linear else []
         # a forward is mostly fixed cost: on CPU (135M, fp32, 2 threads) with oneDNN 1 token 51 ms, 8 tokens 68 ms,
         # 16 tokens 81 ms; with MKL 1 token 67 ms, 8 tokens 96 ms, 32 tokens 142 ms
-        self.forward_cost = (1.0, (0.04 if self.fast_linear else 0.02) if self.device.type == "cpu" else 0.002)
+        self.forward_cost = ((0.97, 0.03, 0.06) if self.fast_linear else (1.0, 0.02)) if self.device.type == "cpu" \
+            else (1.0, 0.002)
 
     # -- state ---------------------------------------------------------------------------------------------------
     @property

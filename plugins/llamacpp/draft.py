@@ -20,6 +20,7 @@ from anydecode.algorithms.speculative.aded import ADEDConfig, ADEDDrafter
 from anydecode.algorithms.speculative.draft import Draft, Drafter
 from anydecode.algorithms.speculative.iad import IADConfig, IADDrafter
 from anydecode.algorithms.speculative.prompt_lookup import PromptLookupConfig, PromptLookupDrafter
+from anydecode.algorithms.speculative.schedule import block_token_share
 
 from ._runtime import import_llama_cpp
 from .session import LlamaSession
@@ -95,8 +96,8 @@ class IADDraftModel(DrafterDraftModel):
             from .text import LlamaTokenizer
 
             tokenizer = LlamaTokenizer(llama)
-        c0, c1 = LlamaSession.forward_cost
-        super().__init__(lambda: IADDrafter(config, tokenizer, block_token_cost=c1 / c0), max_draft_tokens)
+        share = block_token_share(LlamaSession.forward_cost)
+        super().__init__(lambda: IADDrafter(config, tokenizer, block_token_cost=share), max_draft_tokens)
 
 
 class ADEDDraftModel(DrafterDraftModel):

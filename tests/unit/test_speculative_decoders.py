@@ -286,6 +286,28 @@ def test_cost_model_picks_long_drafts_when_forwards_cost_little_per_token_and_sh
     assert [hopeless.limit(0, 8, 1) for _ in range(6)] == [0, 0, 8, 0, 0, 8]
 
 
+def test_cost_model_prices_leaving_the_one_token_path():
+    """llama.cpp's shape: a second token costs far more than each token after it; the fit finds the step, and a
+    low acceptance that a linear model would draft for does not pay."""
+    from anydecode.algorithms.speculative.schedule import DraftLengthController, block_token_share, cost_of
+
+    timed = DraftLengthController(1)
+    for _ in range(3):
+        for width in (1, 2, 4, 8, 16):
+            timed.record_forward(width, 0.0058 + 0.0034 * width + (0.004 if width > 1 else 0.0))
+    c0, c1, cb = timed.cost_model()
+    assert abs(c0 - 0.0058) < 1e-6 and abs(c1 - 0.0034) < 1e-6 and abs(cb - 0.004) < 1e-6
+    assert abs(cost_of((c0, c1, cb), 2) - 0.0166) < 1e-6
+    assert abs(block_token_share((0.63, 0.37, 0.43)) - 0.8) < 1e-9
+    assert abs(block_token_share((1.0, 0.04)) - 0.04 / 1.04) < 1e-9 and block_token_share(None) is None
+    stepped = DraftLengthController(1, fixed_cost=(0.63, 0.37, 0.43))
+    linear = DraftLengthController(1, fixed_cost=(0.63, 0.37))
+    for controller in (stepped, linear):
+        for _ in range(10):
+            controller.record_row(0, 4, 1)  # about 0.5 acceptance
+    assert linear.limit(0, 16, 1) >= 1 and stepped.limit(0, 16, 1) == 0
+
+
 def test_bad_input_names_the_value():
     spec = anydecode.get_decoder("speculative")
     with pytest.raises(ConfigError, match="num_draft_tokens=0"):
@@ -422,7 +444,7 @@ def test_under_sampling_a_fixed_cost_hint_sizes_drafts_from_acceptance_alone():
 
     controller = DraftLengthController(1, fixed_cost=(1.0, 0.45))
     controller.record_forward(8, 123.0)
-    assert controller.cost_model() == (1.0, 0.45) and not controller.samples
+    assert controller.cost_model() == (1.0, 0.45, 0.0) and not controller.samples
     for _ in range(6):
         controller.record_row(0, 8, 0)
     assert controller.limit(0, 16, 1) == 0  # nothing is accepted: plain decoding
