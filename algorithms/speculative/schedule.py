@@ -99,9 +99,9 @@ class DraftLengthController:
         """The draft length in ``0..cap`` with the least expected time per emitted token.
 
         0 (plain decoding) when no draft pays for its cost; every ``probe_every`` such steps the row drafts
-        anyway, so a change in acceptance (IAD re-aligned with its input) is noticed: as many tokens as fit in twice
-        a plain step's cost (all of ``cap`` on transformers, one token on llama.cpp, where a 64-token probe would
-        cost 25 steps).
+        anyway, so a change in acceptance (IAD re-aligned with its input) is noticed: as many tokens as fit in three
+        times a plain step's cost (all of ``cap`` on transformers, 3 tokens on llama.cpp, where a 64-token probe
+        would cost 25 steps).
         """
         if cap <= 0:
             return cap
@@ -123,7 +123,7 @@ class DraftLengthController:
             self.idle[row] += 1
             if self.idle[row] >= self.probe_every:
                 self.idle[row] = 0
-                budget = 2.0 * cost_of(model, pending)
+                budget = 3.0 * cost_of(model, pending)
                 probe = 1
                 while probe < cap and cost_of(model, pending + probe + 1) <= budget + 1e-12:
                     probe += 1

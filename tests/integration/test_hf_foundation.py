@@ -34,6 +34,23 @@ def test_greedy_equals_transformers_greedy_on_24_prompts(model_and_tokenizer):
     assert mismatches == []
 
 
+def test_our_sessions_run_the_cpu_kernel_on_the_embedded_model_and_agree_with_transformers(model_and_tokenizer):
+    """The greedy test above runs through oneDNN linear layers (kernels/cpu_linear.py); check that it really did,
+    and that block logits agree with transformers' own path."""
+    from anydecode.kernels import cpu_linear
+
+    model, tok = model_and_tokenizer
+    if not cpu_linear.available():
+        pytest.skip("oneDNN linear is not used on this platform")
+    ids = tok(PROMPTS[0], return_tensors="pt").input_ids
+    fast, plain = hf.HFSession(model, [2]), hf.HFSession(model, [2], fast_linear=False)
+    assert fast.fast_linear and len(fast._linears) >= 7 * model.config.num_hidden_layers
+    torch.testing.assert_close(fast.start(ids), plain.start(ids), rtol=0, atol=1e-3)
+    block = [[int(t) for t in ids[0, 1:9]]]
+    torch.testing.assert_close(fast.append(block), plain.append(block), rtol=0, atol=1e-3)
+    assert all("forward" not in m.__dict__ for m in model.modules())  # the model is left as it was found
+
+
 def test_batched_left_padded_greedy_equals_transformers(model_and_tokenizer):
     model, tok = model_and_tokenizer
     enc = tok(PROMPTS[:6], return_tensors="pt", padding=True, padding_side="left")

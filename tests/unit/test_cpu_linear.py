@@ -54,6 +54,8 @@ def test_autograd_and_other_dtypes_take_the_reference():
     out.sum().backward()
     assert w.grad is not None
     with torch.no_grad():
+        assert not cpu_linear.eligible(x, torch.randn(4, 8).t())  # a transposed view of weights
+        assert cpu_linear.linear(x, torch.randn(4, 8).t()).shape == (3, 8)
         assert not cpu_linear.eligible(x.double(), w.double())
         assert not cpu_linear.eligible(x.bfloat16(), w.bfloat16())
 

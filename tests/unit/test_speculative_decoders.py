@@ -283,8 +283,8 @@ def test_cost_model_picks_long_drafts_when_forwards_cost_little_per_token_and_sh
         hopeless.record_forward(width, 0.010 * width)  # a draft token costs as much as a forward
     for _ in range(10):
         hopeless.record_row(0, 8, 0)
-    # a probe drafts what fits in twice a plain step: here one token
-    assert [hopeless.limit(0, 8, 1) for _ in range(6)] == [0, 0, 1, 0, 0, 1]
+    # a probe drafts what fits in three plain steps: here two tokens
+    assert [hopeless.limit(0, 8, 1) for _ in range(6)] == [0, 0, 2, 0, 0, 2]
     cheap_probe = DraftLengthController(1, probe_every=1, fixed_cost=(1.0, 0.02))
     for _ in range(60):
         cheap_probe.record_row(0, 8, 0)
