@@ -190,7 +190,7 @@ def test_iad_falls_back_to_lookup_while_the_output_is_not_aligned_with_the_input
 
     prompt = [50, 51, 52, 53]
     repeating = prompt + [1, 2, 3, 4, 9, 1, 2]  # no generated token is in the input; the model repeats itself
-    drafter = IADDrafter(IADConfig(fallback_tokens=3))
+    drafter = IADDrafter(IADConfig(fallback=True, fallback_tokens=3))
     drafter.start([prompt])
     draft = drafter.propose([repeating], [20])[0]
     assert draft.tokens == [3, 4, 9]  # what followed the last "1 2" in the generated text
@@ -200,7 +200,7 @@ def test_iad_falls_back_to_lookup_while_the_output_is_not_aligned_with_the_input
     # the latest occurrence wins, and the whole context is searched when the generated text has no match
     drafter.start([prompt])
     assert drafter.propose([prompt + [7, 5, 8, 7, 6, 7]], [5])[0].tokens == [6, 7]
-    given = IADDrafter(IADConfig(source_ids=(60, 61, 62)))
+    given = IADDrafter(IADConfig(source_ids=(60, 61, 62), fallback=True))
     given.start([[7, 5, 8, 50, 51]])
     assert given.propose([[7, 5, 8, 50, 51, 9, 7]], [5])[0].tokens == [5, 8, 50, 51, 9]
     plain = IADDrafter(IADConfig(fallback=False))
@@ -210,6 +210,7 @@ def test_iad_falls_back_to_lookup_while_the_output_is_not_aligned_with_the_input
     assert IADDrafter(IADConfig(), block_token_cost=0.04).fallback
     assert not IADDrafter(IADConfig(), block_token_cost=0.45).fallback
     assert IADDrafter(IADConfig(fallback=True), block_token_cost=0.45).fallback
+    assert not IADDrafter(IADConfig()).fallback  # cost unknown (vLLM's proposer): the paper's drafter
 
 
 @pytest.mark.parametrize("name,settings", DRAFTERS)
