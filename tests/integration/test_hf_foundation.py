@@ -40,8 +40,9 @@ def test_our_sessions_run_the_cpu_kernel_on_the_embedded_model_and_agree_with_tr
     from anydecode.kernels import cpu_linear
 
     model, tok = model_and_tokenizer
-    if not cpu_linear.available():
-        pytest.skip("oneDNN linear is not used on this platform")
+    if not cpu_linear.available():  # another platform or PyTorch release: transformers' own path, unchanged
+        assert not hf.HFSession(model, [2]).fast_linear
+        return
     ids = tok(PROMPTS[0], return_tensors="pt").input_ids
     fast, plain = hf.HFSession(model, [2]), hf.HFSession(model, [2], fast_linear=False)
     assert fast.fast_linear and len(fast._linears) >= 7 * model.config.num_hidden_layers
