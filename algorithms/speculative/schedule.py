@@ -100,7 +100,7 @@ class DraftLengthController:
 
         0 (plain decoding) when no draft pays for its cost; every ``probe_every`` such steps the row drafts
         anyway, so a change in acceptance (IAD re-aligned with its input) is noticed: as many tokens as fit in three
-        times a plain step's cost (all of ``cap`` on transformers, 3 tokens on llama.cpp, where a 64-token probe
+        times a plain step's cost (all of ``cap`` on transformers, 4 tokens on llama.cpp, where a 64-token probe
         would cost 25 steps).
         """
         if cap <= 0:
