@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -68,12 +69,21 @@ def linear_modules(model: torch.nn.Module) -> list[torch.nn.Linear]:
             and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32]
 
 
+#: each layer's oneDNN forward, made once (a swap runs around every forward pass of a session)
+_FORWARDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _forward_of(module: torch.nn.Linear) -> Any:
+    cached = _FORWARDS.get(module)
+    if cached is not None:
+        return cached
+
     def forward(x: torch.Tensor) -> torch.Tensor:
         if eligible(x, module.weight):
             return onednn_linear(x, module.weight, module.bias)
         return reference_linear(x, module.weight, module.bias)
     forward._anydecode_fast_linear = True  # type: ignore[attr-defined]
+    _FORWARDS[module] = forward
     return forward
 
 

@@ -46,7 +46,6 @@ def _prompt_lookup(config: Any, sampling: Any, ctx: DecodeContext) -> Any:
 
 def _iad(config: Any, sampling: Any, ctx: DecodeContext) -> Any:
     from anydecode.algorithms.speculative.iad import IADDrafter
-
     from anydecode.algorithms.speculative.schedule import block_token_share
 
     share = block_token_share(getattr(ctx.session, "forward_cost", None))
