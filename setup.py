@@ -20,4 +20,4 @@ for prefix, folder in PACKAGE_ROOTS.items():
     packages.append(prefix)
     packages.extend(f"{prefix}.{sub}" for sub in find_packages(folder))
 
-setup(packages=packages, package_dir=PACKAGE_ROOTS, package_data={"": ["*.lark", "*.gbnf", "*.json"]})
+setup(packages=packages, package_dir=PACKAGE_ROOTS, package_data={"": ["*.lark", "*.gbnf", "*.json", "*.jsonl"]})

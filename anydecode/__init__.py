@@ -6,22 +6,29 @@ runtime only when used.
 
 from anydecode.algorithms.contracts import (
     AnydecodeError,
+    ComponentSpec,
     ConfigError,
     DecodeContext,
     DecodeResult,
     Decoder,
     DecoderConfig,
+    GeneratedSequence,
+    Generation,
     LogitsTransform,
     ModelSession,
     RegistryError,
+    Runtime,
     RuntimeAdapterError,
+    RuntimeProcessors,
     SamplingConfig,
+    StoppingRule,
+    TokenizerView,
     TransformContext,
     config_field,
 )
 
 from .hookspecs import hookimpl
-from .registry import ComponentSpec, get_decoder, get_registry
+from .registry import get_decoder, get_registry
 
 __version__ = "0.1.0"
 
@@ -33,11 +40,17 @@ __all__ = [
     "DecodeResult",
     "Decoder",
     "DecoderConfig",
+    "GeneratedSequence",
+    "Generation",
     "LogitsTransform",
     "ModelSession",
     "RegistryError",
+    "Runtime",
     "RuntimeAdapterError",
+    "RuntimeProcessors",
     "SamplingConfig",
+    "StoppingRule",
+    "TokenizerView",
     "TransformContext",
     "__version__",
     "config_field",

@@ -5,6 +5,10 @@ the report gives tokens/s of each and their ratio twice: with the prompt's forwa
 sees it) and without it (decoding speed; the prompt's pass is the same work in A and B: ours is timed around
 the session's prefill, a native baseline until its first token), the share of identical outputs and the
 decoder's statistics, as JSON and as a PNG.
+
+For a speculative decoder (claim ``lossless``) the same run also times the limit: speculative decoding with the
+``oracle`` drafter, whose drafts are the output itself (recorded beforehand with ``greedy``, or ``sample`` and the
+same seed under sampling), and reports its speedup over B and ours as a share of it.
 """
 
 from __future__ import annotations
@@ -18,17 +22,17 @@ from pathlib import Path
 from typing import Any
 
 NATIVE = ("native-greedy", "native-prompt-lookup", "native-assisted")
-WORKLOADS = Path(__file__).resolve().parent.parent / "benchmarks" / "workloads"
 
 
 def load_workload(path: str | None, limit: int | None) -> list[dict[str, Any]]:
+    from anydecode import workloads
     from anydecode.cli import UsageError
 
-    file = Path(path) if path else WORKLOADS / "chat.jsonl"
-    if not file.is_file() and (WORKLOADS / f"{path}.jsonl").is_file():
-        file = WORKLOADS / f"{path}.jsonl"
+    file = Path(path) if path else workloads.path("chat")
+    if not file.is_file() and path and workloads.path(path).is_file():
+        file = workloads.path(path)
     if not file.is_file():
-        raise UsageError(f"workload not found: {file}")
+        raise UsageError(f"workload not found: {file}; shipped workloads: {', '.join(workloads.names())}")
     items = []
     for n, line in enumerate(file.read_text().splitlines(), 1):
         if not line.strip():
@@ -50,136 +54,72 @@ def _sampling_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
     return {k: settings[k] for k in ("temperature", "top_k", "top_p", "min_p") if k in settings}
 
 
-def llamacpp_runners(decoder: str, settings: dict[str, Any], baseline: str) -> tuple[Runner, Runner, Any]:
-    from anydecode.models import default_gguf_path
-    from anydecode.plugins.llamacpp import generate, load_default
-    from anydecode.plugins.llamacpp.text import prompt_ids
+def oracle_runner(runtime: Any, handle: Any, settings: dict[str, Any]) -> Runner:
+    """Speculative decoding with perfect drafts: the output recorded (untimed) by ``greedy``, or by ``sample`` with
+    the same seed under sampling, is what the oracle drafter proposes."""
+    from anydecode.algorithms.generation import generate_on
+    from anydecode.registry import get_decoder
 
-    llm = load_default()
+    sampling = {k: v for k, v in settings.items() if k in ("temperature", "top_k", "top_p", "min_p", "seed")}
+    sampled = float(sampling.get("temperature", 0.0)) > 0
+    recorder = get_decoder("sample" if sampled else "greedy")
+    record_config = recorder.configure(sampling if sampled else {})
+    speculative = get_decoder("speculative")
+
+    def run(item: dict[str, Any]) -> tuple[list[int], dict[str, Any]]:
+        ids = runtime.encode(handle, item["prompt"], chat=item["chat"])
+        runtime.reset(handle)
+        recorded = generate_on(runtime, handle, [ids], recorder, record_config,
+                               max_new_tokens=item["max_new_tokens"]).token_ids
+        config = speculative.configure({**sampling, "drafter": "oracle", "continuation_ids": tuple(recorded)})
+        runtime.reset(handle)
+        started = time.perf_counter()
+        out = generate_on(runtime, handle, [ids], speculative, config, max_new_tokens=item["max_new_tokens"])
+        return out.token_ids, {**out.stats, "oracle_seconds": time.perf_counter() - started}
+    return run
+
+
+def runners(runtime: Any, handle: Any, decoder: str, settings: dict[str, Any], baseline: str) -> tuple[Runner, Runner]:
+    """A (ours) and B (a runtime's own loop, or another decoder) on ``runtime``'s loaded model."""
+    from anydecode.algorithms.generation import generate_on
+    from anydecode.cli import UsageError
+    from anydecode.registry import get_decoder
 
     def ours(name: str, cfg: dict[str, Any]) -> Runner:
+        dec = get_decoder(name)
+        config = dec.configure(cfg)
+
         def run(item: dict[str, Any]) -> tuple[list[int], dict[str, Any]]:
-            llm.reset()
-            out = generate(llm, item["prompt"], decoder=name, max_new_tokens=item["max_new_tokens"],
-                           chat=item["chat"], **cfg)
+            ids = runtime.encode(handle, item["prompt"], chat=item["chat"])
+            runtime.reset(handle)
+            out = generate_on(runtime, handle, [ids], dec, config, max_new_tokens=item["max_new_tokens"])
             return out.token_ids, out.stats
         return run
 
-    def native(target: Any) -> Runner:
-        temp = float(settings.get("temperature", 0.0))
-
-        def run(item: dict[str, Any]) -> tuple[list[int], dict[str, Any]]:
-            target.reset()
-            tokens = prompt_ids(target, item["prompt"], chat=item["chat"])
-            out: list[int] = []
-            started = time.perf_counter()
-            prefill = None
-            gen = target.generate(tokens, temp=temp, top_k=int(settings.get("top_k", 0)) if temp else 1,
-                                  top_p=float(settings.get("top_p", 1.0)), min_p=float(settings.get("min_p", 0.0)),
-                                  repeat_penalty=1.0, reset=True)
-            for token in gen:
-                if prefill is None:  # the prompt's forward pass and the first token's selection
-                    prefill = time.perf_counter() - started
-                out.append(int(token))
-                if token == target.token_eos() or len(out) >= item["max_new_tokens"]:
-                    break
-            return out, {"prefill_seconds": prefill or 0.0}
-        return run
-
     a = ours(decoder, settings)
-    if baseline == "native-greedy":
-        b = native(llm)
-    elif baseline == "native-prompt-lookup":
-        import llama_cpp
-        from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
-
-        lookup = llama_cpp.Llama(model_path=str(default_gguf_path()), n_ctx=llm.n_ctx(), verbose=False,
-                                 n_threads=llm.context_params.n_threads,
-                                 n_threads_batch=llm.context_params.n_threads_batch,
-                                 draft_model=LlamaPromptLookupDecoding(num_pred_tokens=10))
-        b = native(lookup)
-    elif baseline == "native-assisted":
-        from anydecode.cli import UsageError
-
-        raise UsageError("native-assisted is a transformers baseline; llama.cpp has native-prompt-lookup")
-    else:
-        b = ours(baseline, {k: v for k, v in settings.items() if k in ("temperature", "top_k", "top_p", "seed")})
-    return a, b, llm
-
-
-def hf_runners(decoder: str, settings: dict[str, Any], baseline: str) -> tuple[Runner, Runner, Any]:
-    import torch
-
-    from anydecode.plugins import hf
-
-    model, tok = hf.load_default()
-
-    def encode(item: dict[str, Any]) -> Any:
-        if item["chat"]:
-            return tok.apply_chat_template([{"role": "user", "content": item["prompt"]}], add_generation_prompt=True,
-                                           return_tensors="pt", return_dict=True)["input_ids"]
-        return tok(item["prompt"], return_tensors="pt").input_ids
-
-    def ours(name: str, cfg: dict[str, Any]) -> Runner:
-        def run(item: dict[str, Any]) -> tuple[list[int], dict[str, Any]]:
-            ids = encode(item)
-            out = model.generate(ids, custom_generate=hf.generate, decoder=name, decoder_config=cfg,
-                                 max_new_tokens=item["max_new_tokens"], return_dict_in_generate=True,
-                                 anydecode_tokenizer=tok)
-            return out.sequences[0, ids.shape[1]:].tolist(), dict(out.anydecode_stats or {})
-        return run
-
-    def native(extra: dict[str, Any]) -> Runner:
+    native = runtime.baselines(handle)
+    if baseline in native:
+        loop = native[baseline]
         sampling = _sampling_kwargs(settings)
-        do_sample = float(sampling.get("temperature", 0.0)) > 0
 
-        def run(item: dict[str, Any]) -> tuple[list[int], dict[str, Any]]:
-            ids = encode(item)
-            clock = _FirstTokenClock()
-            with torch.no_grad():
-                out = model.generate(ids, max_new_tokens=item["max_new_tokens"], do_sample=do_sample,
-                                     streamer=clock, **(sampling if do_sample else {}), **extra)
-            return out[0, ids.shape[1]:].tolist(), {"prefill_seconds": clock.prefill_seconds()}
-        return run
-
-    a = ours(decoder, settings)
-    if baseline == "native-greedy":
-        b = native({})
-    elif baseline == "native-prompt-lookup":
-        b = native({"prompt_lookup_num_tokens": 10})
-    elif baseline == "native-assisted":
-        b = native({"assistant_model": model})  # the model as its own assistant: an upper bound on acceptance
-    else:
-        b = ours(baseline, {k: v for k, v in settings.items() if k in ("temperature", "top_k", "top_p", "seed")})
-    return a, b, None
-
-
-class _FirstTokenClock:
-    """A transformers streamer that notes when the first new token arrives (its first ``put`` is the prompt)."""
-
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self.puts = 0
-        self.first: float | None = None
-
-    def put(self, value: Any) -> None:
-        self.puts += 1
-        if self.puts == 2 and self.first is None:
-            self.first = time.perf_counter()
-
-    def end(self) -> None:
-        pass
-
-    def prefill_seconds(self) -> float:
-        return 0.0 if self.first is None else self.first - self.started
+        def b(item: dict[str, Any]) -> tuple[list[int], dict[str, Any]]:
+            ids = runtime.encode(handle, item["prompt"], chat=item["chat"])
+            runtime.reset(handle)
+            return loop(ids, item["max_new_tokens"], sampling)
+        return a, b
+    if baseline.startswith("native-"):
+        raise UsageError(f"runtime {runtime.name!r} has no baseline {baseline!r}; its own loops: "
+                         f"{', '.join(sorted(native)) or 'none'}")
+    return a, ours(baseline, {k: v for k, v in settings.items() if k in ("temperature", "top_k", "top_p", "seed")})
 
 
 def _strip_eos(ids: list[int], eos: set[int]) -> list[int]:
     return [t for t in ids if t not in eos]
 
 
-def run_bench(runtime: str, decoder: str, settings: dict[str, Any], baseline: str, items: list[dict[str, Any]],
-              progress: bool = False) -> dict[str, Any]:
+def run_bench(runtime_name: str, decoder: str, settings: dict[str, Any], baseline: str, items: list[dict[str, Any]],
+              progress: bool = False, model: str | None = None, with_oracle: bool = True) -> dict[str, Any]:
+    from anydecode.cli import runtime_named
     from anydecode.registry import get_decoder
 
     dec = get_decoder(decoder)
@@ -187,7 +127,23 @@ def run_bench(runtime: str, decoder: str, settings: dict[str, Any], baseline: st
     cfg = {k: v for k, v in config.as_dict().items() if k in settings}
     if baseline not in NATIVE:
         get_decoder(baseline)
-    a, b, handle = (llamacpp_runners if runtime == "llamacpp" else hf_runners)(decoder, cfg, baseline)
+    runtime = runtime_named(runtime_name)
+    handle = runtime.load(model)
+    try:
+        a, b = runners(runtime, handle, decoder, cfg, baseline)
+        oracle = oracle_runner(runtime, handle, cfg) if dec.claim == "lossless" and with_oracle else None
+        eos_id = runtime.tokenizer(handle).eos_token_id
+        report = _alternate(a, b, items, {eos_id} if eos_id is not None else set(), progress, oracle)
+    finally:
+        runtime.close(handle)
+    report.update({"runtime": runtime_name, "decoder": decoder, "settings": cfg, "baseline": baseline})
+    return report
+
+
+def _alternate(a: Runner, b: Runner, items: list[dict[str, Any]], eos: set[int], progress: bool,
+               oracle: Runner | None = None) -> dict[str, Any]:
+    """Run A and B alternately on every item (the order flips every prompt) and compare them; the oracle (perfect
+    drafts) runs third on each item, timed from its own speculative run only."""
     # warm-up, not timed, on a prompt outside the workload (a drafter that learns across requests, like aded,
     # must not have seen a workload prompt's output before it is timed on it)
     warm = {"prompt": "Say hello.", "chat": items[0]["chat"], "max_new_tokens": 8}
@@ -195,7 +151,8 @@ def run_bench(runtime: str, decoder: str, settings: dict[str, Any], baseline: st
     b(warm)
     rows = []
     totals = {"a_tokens": 0, "b_tokens": 0, "a_seconds": 0.0, "b_seconds": 0.0, "a_prefill_seconds": 0.0,
-              "b_prefill_seconds": 0.0}
+              "b_prefill_seconds": 0.0, "oracle_tokens": 0, "oracle_seconds": 0.0, "oracle_prefill_seconds": 0.0}
+    oracle_agg: dict[str, float] = {}
     agg: dict[str, float] = {}
     for i, item in enumerate(items):
         order = (("a", a), ("b", b)) if i % 2 == 0 else (("b", b), ("a", a))
@@ -204,7 +161,6 @@ def run_bench(runtime: str, decoder: str, settings: dict[str, Any], baseline: st
             started = time.perf_counter()
             ids, stats = runner(item)
             res[label] = (ids, time.perf_counter() - started, stats)
-        eos = {2}
         a_ids, a_s, a_stats = res["a"]
         b_ids, b_s, b_stats = res["b"]
         totals["a_prefill_seconds"] += float(a_stats.get("prefill_seconds", 0.0))
@@ -216,26 +172,40 @@ def run_bench(runtime: str, decoder: str, settings: dict[str, Any], baseline: st
         for key in ("drafted", "accepted", "target_forward_passes", "new_tokens"):
             if isinstance(a_stats.get(key), (int, float)):
                 agg[key] = agg.get(key, 0) + a_stats[key]
-        rows.append({"a_tokens": len(a_ids), "b_tokens": len(b_ids), "a_seconds": a_s, "b_seconds": b_s,
-                     "identical": _strip_eos(a_ids, eos) == _strip_eos(b_ids, eos)})
+        row = {"a_tokens": len(a_ids), "b_tokens": len(b_ids), "a_seconds": a_s, "b_seconds": b_s,
+               "identical": _strip_eos(a_ids, eos) == _strip_eos(b_ids, eos)}
+        if oracle is not None:
+            o_ids, o_stats = oracle(item)
+            totals["oracle_tokens"] += len(o_ids)
+            totals["oracle_seconds"] += float(o_stats["oracle_seconds"])
+            totals["oracle_prefill_seconds"] += float(o_stats.get("prefill_seconds", 0.0))
+            for key in ("drafted", "accepted"):
+                oracle_agg[key] = oracle_agg.get(key, 0) + float(o_stats.get(key, 0))
+            row["oracle_seconds"] = float(o_stats["oracle_seconds"])
+        rows.append(row)
         if progress:
             print(f"\r{i + 1}/{len(items)} prompts", end="", file=sys.stderr, flush=True)
     if progress:
         print(file=sys.stderr)
-    if handle is not None:
-        handle.close()
-    a_tps = totals["a_tokens"] / totals["a_seconds"]
-    b_tps = totals["b_tokens"] / totals["b_seconds"]
+    a_tps = totals["a_tokens"] / max(totals["a_seconds"], 1e-9)
+    b_tps = totals["b_tokens"] / max(totals["b_seconds"], 1e-9)
     # decoding speed without the prompt's forward pass (the same work in A and B), as llama.cpp reports "eval"
     a_dec = totals["a_tokens"] / max(totals["a_seconds"] - totals["a_prefill_seconds"], 1e-9)
     b_dec = totals["b_tokens"] / max(totals["b_seconds"] - totals["b_prefill_seconds"], 1e-9)
     report = {
-        "runtime": runtime, "decoder": decoder, "settings": cfg, "baseline": baseline, "prompts": len(items),
-        "a_tokens_per_s": a_tps, "b_tokens_per_s": b_tps, "ratio": a_tps / b_tps,
-        "a_decode_tokens_per_s": a_dec, "b_decode_tokens_per_s": b_dec, "decode_ratio": a_dec / b_dec,
+        "prompts": len(items), "a_tokens_per_s": a_tps, "b_tokens_per_s": b_tps, "ratio": a_tps / max(b_tps, 1e-9),
+        "a_decode_tokens_per_s": a_dec, "b_decode_tokens_per_s": b_dec, "decode_ratio": a_dec / max(b_dec, 1e-9),
         "identical_share": sum(r["identical"] for r in rows) / len(rows),
         "decoder_stats": agg, "rows": rows, **totals,
     }
+    if oracle is not None and totals["oracle_seconds"] > 0:
+        o_tps = totals["oracle_tokens"] / totals["oracle_seconds"]
+        o_dec = totals["oracle_tokens"] / max(totals["oracle_seconds"] - totals["oracle_prefill_seconds"], 1e-9)
+        report["oracle_ratio"] = o_tps / max(b_tps, 1e-9)
+        report["oracle_decode_ratio"] = o_dec / max(b_dec, 1e-9)
+        # ours as a share of the limit: of the speedup the oracle gets over B, how much we get
+        report["oracle_share"] = report["ratio"] / max(report["oracle_ratio"], 1e-9)
+        report["oracle_acceptance"] = oracle_agg.get("accepted", 0) / max(oracle_agg.get("drafted", 0), 1)
     if agg.get("drafted"):
         report["acceptance_rate"] = agg.get("accepted", 0) / agg["drafted"]
     if agg.get("target_forward_passes"):
@@ -267,13 +237,11 @@ def write_png(report: dict[str, Any], path: Path) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     from anydecode.cli import UsageError, parse_settings
 
-    if args.runtime not in ("hf", "llamacpp"):
-        raise UsageError(f"unknown runtime {args.runtime!r}; bench runs on hf or llamacpp")
     items = load_workload(args.workload, args.limit)
     if not items:
         raise UsageError("the workload is empty")
     report = run_bench(args.runtime, args.decoder, parse_settings(args.set or []), args.baseline, items,
-                       progress=not args.json)
+                       progress=not args.json, model=args.model, with_oracle=not args.no_oracle)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{args.runtime}-{args.decoder}-vs-{args.baseline}-{Path(args.workload or 'chat').stem}"
@@ -290,18 +258,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if "acceptance_rate" in report:
             print(f"acceptance {report['acceptance_rate']:.3f}, tokens per target pass "
                   f"{report.get('tokens_per_target_pass', 0):.2f}")
+        if "oracle_ratio" in report:
+            print(f"oracle (perfect drafts): {report['oracle_ratio']:.3f}x end to end, "
+                  f"{report['oracle_decode_ratio']:.3f}x decoding; ours is {100 * report['oracle_share']:.0f}% of it")
         print(f"wrote {out_dir / stem}.json and .png")
     return 0
 
 
 def add_subcommand(sub: Any) -> None:
     bench = sub.add_parser("bench", help="a decoder against a baseline, side by side, on a workload")
-    bench.add_argument("--runtime", default="llamacpp", help="hf or llamacpp")
+    bench.add_argument("--runtime", default="llamacpp", help="a registered runtime (llamacpp, hf, vllm, toy, ...)")
+    bench.add_argument("--model", help="the runtime's model (default: the embedded model)")
     bench.add_argument("--decoder", default="greedy")
     bench.add_argument("--set", action="append", metavar="KEY=VALUE")
     bench.add_argument("--baseline", default="native-greedy", help=f"a decoder name or one of {', '.join(NATIVE)}")
-    bench.add_argument("--workload", help="a .jsonl file or a name in benchmarks/workloads (default: chat)")
+    bench.add_argument("--workload", help="a .jsonl file or a shipped workload's name (default: chat)")
     bench.add_argument("--limit", type=int, help="use the first N prompts")
     bench.add_argument("--out", default="benchmarks/results", help="folder for the JSON and PNG")
     bench.add_argument("--json", action="store_true")
+    bench.add_argument("--no-oracle", action="store_true",
+                       help="skip the oracle run (perfect drafts) that speculative decoders are measured against")
     bench.set_defaults(func=cmd_bench)

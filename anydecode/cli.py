@@ -14,7 +14,6 @@ from typing import Any
 
 from anydecode.algorithms.contracts.errors import AnydecodeError, ConfigError, RuntimeAdapterError, closest
 
-RUNTIMES = ("llamacpp", "hf")
 EXIT_USAGE = 2
 
 
@@ -40,11 +39,9 @@ class Spinner:
     def __enter__(self) -> Spinner:
         if not self.enabled:
             return self
-        if sys.stderr.isatty():
+        if sys.stderr.isatty():  # elsewhere (logs, pipes) the loader's own progress lines say what happens
             self._thread = threading.Thread(target=self._spin, daemon=True)
             self._thread.start()
-        else:
-            print(f"anydecode: {self.message}", file=sys.stderr, flush=True)
         return self
 
     def _spin(self) -> None:
@@ -132,72 +129,6 @@ def decoder_and_settings(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 # -- runtimes ----------------------------------------------------------------------------------------------------
-def _run_llamacpp(args: argparse.Namespace, prompt: str, decoder: Any, config: Any,
-                  on_text: Callable[[str], None] | None, spinner: Spinner) -> tuple[list[dict[str, Any]], str]:
-    from anydecode.models import check_gguf, default_gguf_path
-    from anydecode.plugins.llamacpp import generate, load_default
-
-    model_path = check_gguf(args.model) if args.model else default_gguf_path()
-    with spinner:
-        llm = load_default(model_path=str(model_path))
-    try:
-        runs = []
-        for i in range(args.n):
-            out = generate(llm, prompt, decoder=decoder, max_new_tokens=args.max_new_tokens, chat=args.chat,
-                           on_text=on_text if i == 0 or args.n > 1 else None, decoder_config=config.as_dict())
-            runs.append(out)
-            if on_text is not None and args.n > 1:
-                on_text("\n")
-        results = []
-        for out in runs:
-            for seq in out.sequences:
-                results.append({"text": seq.text, "token_ids": seq.token_ids, "finish_reason": seq.finish_reason,
-                                "score": seq.score, "stats": out.stats})
-        return results, str(model_path)
-    finally:
-        llm.close()
-
-
-def _run_hf(args: argparse.Namespace, prompt: str, decoder: Any, config: Any,
-            on_text: Callable[[str], None] | None, spinner: Spinner) -> tuple[list[dict[str, Any]], str]:
-    import torch
-
-    from transformers.utils import logging as hf_logging
-
-    from anydecode.models import default_gguf_path, load_hf
-    from anydecode.plugins.hf import run_decoder
-
-    hf_logging.disable_progress_bar()  # the CLI shows its own progress
-    hf_logging.set_verbosity_error()
-    with spinner:
-        model, tokenizer = load_hf(args.model, progress=spinner.update)
-    if args.chat:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                            return_tensors="pt", return_dict=True)["input_ids"]
-    else:
-        ids = tokenizer(prompt, return_tensors="pt").input_ids
-    if ids.shape[1] == 0:
-        raise UsageError("the prompt is empty")
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    results = []
-    for _ in range(args.n):
-        on_token = _text_streamer(tokenizer, set(eos), on_text)
-        with torch.no_grad():
-            result, _ = run_decoder(model, ids, decoder, config, max_new_tokens=args.max_new_tokens,
-                                    eos_token_ids=eos, tokenizer=tokenizer,
-                                    on_token=on_token if decoder.kind == "transform" and on_text else None)
-        for j, seq in enumerate(result.sequences):
-            text = tokenizer.decode([t for t in seq if t not in eos], skip_special_tokens=True)
-            if on_text is not None and decoder.kind == "loop":
-                on_text(text)
-            results.append({"text": text, "token_ids": list(seq), "finish_reason": result.finish_reasons[j],
-                            "score": result.scores[j] if result.scores is not None else None,
-                            "stats": result.stats})
-        if on_text is not None and args.n > 1:
-            on_text("\n")
-    return results, str(args.model or default_gguf_path())
-
-
 def _text_streamer(tokenizer: Any, eos: set[int], on_text: Callable[[str], None] | None) -> Callable[[int, int], None]:
     """An ``on_token`` callback printing row 0's new text, holding back incomplete characters."""
     shown: list[int] = []
@@ -215,28 +146,58 @@ def _text_streamer(tokenizer: Any, eos: set[int], on_text: Callable[[str], None]
     return on_token
 
 
+def runtime_named(name: str) -> Any:
+    """The registered runtime ``name`` (UsageError naming the registered ones)."""
+    from anydecode.registry import get_registry
+
+    runtimes = get_registry().items("runtime")
+    if name not in runtimes:
+        raise UsageError(f"unknown runtime {name!r}{closest(name, runtimes)}; available: {', '.join(sorted(runtimes))}")
+    return runtimes[name]
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    if args.runtime not in RUNTIMES:
-        raise UsageError(f"unknown runtime {args.runtime!r}{closest(args.runtime, RUNTIMES)}; "
-                         f"available: {', '.join(RUNTIMES)}")
+    from anydecode.algorithms.generation import generate_on
+
+    runtime = runtime_named(args.runtime)
     if args.max_new_tokens < 0:
         raise UsageError(f"--max-new-tokens {args.max_new_tokens} must be >= 0")
     if args.n < 1:
         raise UsageError(f"-n {args.n} must be >= 1")
     decoder, config = decoder_and_settings(args)
     prompt = read_prompt(args)
-    spinner = Spinner(f"loading the model ({args.runtime})", enabled=not args.quiet)
+    spinner = Spinner(f"loading the model ({runtime.name})", enabled=not args.quiet)
     on_text = None
     if not args.json:
         def on_text(piece: str) -> None:
             sys.stdout.write(piece)
             sys.stdout.flush()
-    runner = _run_llamacpp if args.runtime == "llamacpp" else _run_hf
-    results, model = runner(args, prompt, decoder, config, on_text, spinner)
+    with spinner:
+        handle = runtime.load(args.model, progress=spinner.update)
+    try:
+        tokenizer = runtime.tokenizer(handle)
+        ids = runtime.encode(handle, prompt, chat=args.chat)
+        if not ids:
+            raise UsageError("the prompt is empty")
+        eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+        results = []
+        for _ in range(args.n):
+            stream = on_text if decoder.kind == "transform" else None
+            out = generate_on(runtime, handle, [ids], decoder, config, max_new_tokens=args.max_new_tokens,
+                              on_token=_text_streamer(tokenizer, eos, stream) if stream else None)
+            for seq in out.sequences:
+                if on_text is not None and decoder.kind == "loop":
+                    on_text(seq.text)
+                results.append({"text": seq.text, "token_ids": seq.token_ids, "finish_reason": seq.finish_reason,
+                                "score": seq.score, "stats": out.stats})
+            if on_text is not None and args.n > 1:
+                on_text("\n")
+    finally:
+        runtime.close(handle)
     if args.json:
         first = results[0]
         doc = {"text": first["text"], "token_ids": first["token_ids"], "decoder": decoder.name,
-               "runtime": args.runtime, "model": model, "stats": first["stats"],
+               "runtime": runtime.name, "model": args.model, "stats": first["stats"],
                "finish_reason": first["finish_reason"], "config": config.as_dict()}
         if len(results) > 1:
             doc["sequences"] = [{k: r[k] for k in ("text", "token_ids", "finish_reason", "score")} for r in results]
@@ -260,13 +221,17 @@ def cmd_decoders(args: argparse.Namespace) -> int:
         rows = []
         for name, item in sorted(registry.items(kind).items()):
             config_cls = getattr(item, "config_cls", None)
-            rows.append({
+            row = {
                 "name": name,
                 "source": item.source,
                 "kind": getattr(item, "kind", kind),
                 "description": item.description,
                 "fields": config_cls.describe_fields() if config_cls is not None else [],
-            })
+            }
+            if kind == "decoder":
+                row["claim"] = item.claim
+                row["claim_note"] = item.claim_note
+            rows.append(row)
         doc[kind + "s"] = rows
     if args.json:
         print(json.dumps(doc, indent=2, default=str))
@@ -277,22 +242,40 @@ def cmd_decoders(args: argparse.Namespace) -> int:
             print("  (none)")
         for row in rows:
             print(f"  {row['name']:<16} [{row['kind']}] {row['description']}  (from {row['source']})")
+            if "claim" in row:
+                print(f"      claim: {row['claim'] or 'none'}: {row['claim_note']}")
             for f in row["fields"]:
-                print(f"      {f['name']}: {f['type']} = {f['default']!r}  {f['help']}")
+                who = "request" if f.get("request") else "operator"
+                if f.get("cap"):
+                    who += f", cap {f['cap']}"
+                print(f"      {f['name']}: {f['type']} = {f['default']!r}  [{who}] {f['help']}")
     return 0
 
 
 def cmd_conformance(args: argparse.Namespace) -> int:
     from anydecode.conformance.suite import run_suite
+    from anydecode.registry import get_registry
 
-    report = run_suite(runtime=args.runtime, quick=args.quick, progress=not args.json and not args.quiet)
+    if args.runtime != "toy":
+        runtime_named(args.runtime)
+    for name in args.decoder or []:
+        get_registry().decoder(name)  # RegistryError naming the registered decoders
+    report = run_suite(runtime=args.runtime, quick=args.quick, progress=not args.json and not args.quiet,
+                       decoders=args.decoder, mutants=args.mutants, plot=args.plot)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:
         for check in report["checks"]:
-            mark = "PASS" if check["passed"] else "FAIL"
-            print(f"{mark}  {check['name']:<48} {check['detail']}")
-        print(f"{report['passed']} passed, {report['failed']} failed")
+            mark = "SKIP" if check["skipped"] else ("PASS" if check["passed"] else "FAIL")
+            label = f"{check['decoder']} [{check['claim']}] on {check['runtime']}: {check['name']}"
+            print(f"{mark}  {label:<90} {check['skipped'] or check['detail']}")
+        for mutant in report.get("mutants", []):
+            mark = "KILLED  " if mutant["killed"] else "SURVIVED"
+            print(f"{mark} planted bug: {mutant['mutant']} ({mutant['error'] or '; '.join(mutant['failures'][:1])})")
+        if "kill_rate" in report:
+            print(f"mutants killed: {100 * report['kill_rate']:.0f}%")
+        print(f"{report['passed']} passed, {report['failed']} failed, {report['skipped']} skipped "
+              f"in {report['seconds']} s")
     return 0 if report["failed"] == 0 else 1
 
 
@@ -302,8 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="generate text with any decoder on any runtime")
-    run.add_argument("--runtime", default="llamacpp", help="llamacpp (default) or hf")
-    run.add_argument("--model", help="a GGUF file (llamacpp, hf) or a transformers folder (hf); default: embedded")
+    run.add_argument("--runtime", default="llamacpp", help="a registered runtime: llamacpp (default), hf, vllm, toy, or "
+                                                        "a plugin's (anydecode decoders lists them)")
+    run.add_argument("--model", help="the runtime's model: a GGUF file (llamacpp, hf), a transformers folder (hf, vllm); "
+                                      "default: the embedded model")
     run.add_argument("--decoder", default="greedy", help="a registered decoder (anydecode decoders lists them)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="a decoder setting (repeatable)")
     run.add_argument("--prompt", help="the prompt text")
@@ -322,9 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--json", action="store_true")
     dec.set_defaults(func=cmd_decoders)
 
-    conf = sub.add_parser("conformance", help="prove each sampling decoder has the distribution it claims")
-    conf.add_argument("--runtime", default="toy", help="toy (exact, seconds), llamacpp or hf (statistical)")
-    conf.add_argument("--quick", action="store_true", help="smaller sample sizes")
+    conf = sub.add_parser("conformance", help="check that each decoder does what it claims (anydecode decoders)")
+    conf.add_argument("--decoder", action="append", help="check this decoder (repeatable; default: all)")
+    conf.add_argument("--runtime", default="toy", help="toy (exact checks only), or a registered runtime (hf, "
+                                                       "llamacpp, vllm, ...) for statistical checks through it too")
+    conf.add_argument("--quick", action="store_true", help="smaller sample sizes and fewer cases")
+    conf.add_argument("--mutants", action="store_true", help="plant each known bug and check it is caught")
+    conf.add_argument("--plot", metavar="DIR", help="write a PNG: each check's value against its threshold")
     conf.add_argument("--json", action="store_true")
     conf.add_argument("--quiet", action="store_true")
     conf.set_defaults(func=cmd_conformance)

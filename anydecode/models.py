@@ -121,28 +121,6 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _convert(gguf: Path, out: Path, progress: Progress | None) -> None:
-    """Dequantise ``gguf`` with transformers and save a plain fp32 safetensors model and tokenizer in ``out``."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    if progress:
-        progress(f"converting {gguf.name} to safetensors (once; about 20 s)")
-    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    # a GGUF-loaded model carries a quantization config that cannot be serialised: rebuild it as a plain model
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
-    if [m for m in missing if "rotary" not in m] or unexpected:
-        raise RuntimeAdapterError(f"conversion of {gguf} lost weights: missing={missing} unexpected={unexpected}")
-    plain.generation_config = loaded.generation_config
-    plain.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-
-
 def ensure_hf_copy(gguf: str | os.PathLike[str] | None = None, progress: Progress | None = None) -> Path:
     """The folder of the safetensors copy of ``gguf`` (default: embedded), converting it first if needed."""
     source = check_gguf(gguf) if gguf is not None else default_gguf_path()
@@ -155,7 +133,9 @@ def ensure_hf_copy(gguf: str | os.PathLike[str] | None = None, progress: Progres
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         try:
             started = time.perf_counter()
-            _convert(source, tmp, progress)
+            from anydecode.plugins.hf.convert import convert_gguf
+
+            convert_gguf(source, tmp, progress)
             files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
             (tmp / _MARKER).write_text(json.dumps({
                 "format": _FORMAT_VERSION,
@@ -175,21 +155,12 @@ def ensure_hf_copy(gguf: str | os.PathLike[str] | None = None, progress: Progres
 def load_hf(path: str | os.PathLike[str] | None = None, *, dtype: Any = None,
             progress: Progress | None = None) -> tuple[Any, Any]:
     """``(model, tokenizer)`` for transformers: the embedded model by default, or a GGUF file or HF folder."""
-    try:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError as exc:
-        raise RuntimeAdapterError(f"transformers is not installed ({exc}): pip install 'anydecode[hf]'") from None
-    dtype = dtype or torch.float32
+    from anydecode.plugins.hf.convert import load_folder
+
     if path is None or Path(path).is_file():
         folder = ensure_hf_copy(path, progress)
     else:
         folder = Path(path).expanduser()
         if not (folder / "config.json").is_file():
             raise RuntimeAdapterError(f"not a GGUF file or a transformers model folder (no config.json): {folder}")
-    if progress:
-        progress(f"loading {folder.name}")
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
-    model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    return model, tokenizer
+    return load_folder(folder, dtype=dtype, progress=progress)

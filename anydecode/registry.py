@@ -1,8 +1,9 @@
 """The plugin registry: one pluggy PluginManager for the project name ``anydecode``.
 
-Built-in algorithms are ordinary plugins (the modules of ``anydecode.builtin``), registered first; third-party
-plugins come from the entry-point group ``anydecode``. Every decoder, drafter, grammar engine and reward is
-registered by name; a name registered twice is an error naming both sources.
+Built-in algorithms and runtimes are ordinary plugins (the modules of ``anydecode.builtin``), registered first;
+third-party plugins come from the entry-point group ``anydecode``. Every decoder, drafter, grammar engine, reward
+and runtime is registered by name; a name registered twice is an error naming both sources. The registry is also
+the component lookup that registered decoders' configs resolve drafter, grammar-engine and reward names through.
 """
 
 from __future__ import annotations
@@ -13,42 +14,27 @@ import importlib
 import os
 import pkgutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pluggy
 
 from . import hookspecs
 from .hookspecs import PROJECT_NAME
-from anydecode.algorithms.contracts.config import DecoderConfig
+from anydecode.algorithms.contracts.component import ComponentSpec
 from anydecode.algorithms.contracts.decoder import Decoder
 from anydecode.algorithms.contracts.errors import RegistryError, unknown_name
+from anydecode.algorithms.contracts.runtime import Runtime
+from anydecode.algorithms.loop import with_loop
 
-KINDS = ("decoder", "drafter", "grammar_engine", "reward")
+KINDS = ("decoder", "drafter", "grammar_engine", "reward", "runtime")
 _HOOKS = {
     "decoder": "anydecode_register_decoders",
     "drafter": "anydecode_register_drafters",
     "grammar_engine": "anydecode_register_grammar_engines",
     "reward": "anydecode_register_rewards",
+    "runtime": "anydecode_register_runtimes",
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class ComponentSpec:
-    """A registered drafter, grammar engine or reward: a name, a factory and its config type."""
-
-    name: str
-    factory: Callable[..., Any]
-    config_cls: type[DecoderConfig] | None = None
-    description: str = ""
-    source: str = ""
-
-    def configure(self, values: dict[str, Any] | None = None, *, from_strings: bool = False) -> DecoderConfig | None:
-        if self.config_cls is None:
-            if values:
-                raise RegistryError(f"{self.name!r} takes no settings, got {sorted(values)}")
-            return None
-        return self.config_cls.from_mapping(values, from_strings=from_strings, name=self.name)
 
 
 class Registry:
@@ -83,25 +69,31 @@ class Registry:
                 source = self._source(impl.plugin)
 
                 def register(item: Any, _kind: str = kind, _source: str = source) -> None:
-                    self._add(items[_kind], _kind, item, _source)
+                    self._add(items[_kind], _kind, item, _source, self)
 
                 impl.function(register=register)
         self._items = items
 
     @staticmethod
-    def _add(table: dict[str, Any], kind: str, item: Any, source: str) -> None:
+    def _add(table: dict[str, Any], kind: str, item: Any, source: str, components: Registry) -> None:
         name = getattr(item, "name", None)
         if not isinstance(name, str) or not name:
             raise RegistryError(f"{source} registered a {kind} without a name: {item!r}")
-        if kind == "decoder" and not isinstance(item, Decoder):
-            raise RegistryError(f"{source} registered decoder {name!r} as {type(item).__name__}, not a Decoder")
-        if kind != "decoder" and not isinstance(item, ComponentSpec):
-            raise RegistryError(f"{source} registered {kind} {name!r} as {type(item).__name__}, not a ComponentSpec")
+        expected = {"decoder": Decoder, "runtime": Runtime}.get(kind, ComponentSpec)
+        if not isinstance(item, expected):
+            raise RegistryError(f"{source} registered {kind} {name!r} as {type(item).__name__}, "
+                                f"not a {expected.__name__}")
         if name in table:
             raise RegistryError(
-                f"{kind} {name!r} is registered twice: by {table[name].source} and by {source}"
+                f"{kind} {name!r} is registered twice: by {getattr(table[name], 'source', '?')} and by {source}"
             )
-        table[name] = dataclasses.replace(item, source=source)
+        if kind == "decoder":
+            item = with_loop(dataclasses.replace(item, source=source, components=components))
+        elif kind == "runtime":
+            item.source = source  # runtimes are objects with state of their own (loaded models, caches)
+        else:
+            item = dataclasses.replace(item, source=source)
+        table[name] = item
 
     def register_plugin(self, plugin: object, name: str | None = None) -> None:
         """Register a plugin object or module at run time (tests, notebooks) and re-collect."""
@@ -143,6 +135,9 @@ class Registry:
 
     def decoders(self) -> dict[str, Decoder]:
         return self.items("decoder")
+
+    def runtime(self, name: str) -> Runtime:
+        return self.get("runtime", name)
 
 
 _registry: Registry | None = None

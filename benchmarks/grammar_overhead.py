@@ -51,10 +51,10 @@ def record_paths(llm, grammar: str, fmt: str, prompt: str, samples: int):
         out = lc.generate(llm, CHAT.format(prompt), decoder="gcd", grammar=grammar, grammar_format=fmt,
                           max_new_tokens=60, seed=seed)
         session = LlamaSession(llm)
-        first = session.start(out.prompt_token_ids)
+        first = session.start(out.prompt_token_ids[0])
         rest = session.append(torch.tensor([out.token_ids[:-1]])) if len(out.token_ids) > 1 else None
         steps = [first[0]] + ([rest[0, i] for i in range(rest.shape[1])] if rest is not None else [])
-        paths.append((out.prompt_token_ids, out.token_ids, [s.float().clone() for s in steps]))
+        paths.append((out.prompt_token_ids[0], out.token_ids, [s.float().clone() for s in steps]))
     return paths
 
 
@@ -169,7 +169,7 @@ def trie_memory(llm, grammar, fmt, prompt, samples):
     ctx = TransformContext(vocab_size=int(llm.n_vocab()), eos_token_ids=frozenset({int(llm.token_eos())}),
                            tokenizer=LlamaTokenizer(llm))
     transform = dec.transform(dec.configure({"grammar": grammar, "grammar_format": fmt}), ctx)
-    trie = transform.trie(out.prompt_token_ids)
+    trie = transform.trie(out.prompt_token_ids[0])
     stats = trie.stats()
     return {"samples": samples, "tokens": tokens, "nodes": stats["nodes"], "bytes": stats["memory_bytes"],
             "bytes_per_1000_samples": stats["memory_bytes"] / samples * 1000,

@@ -21,6 +21,7 @@ import math
 import time
 from collections import Counter
 from pathlib import Path
+from anydecode.workloads import FOLDER
 
 HERE = Path(__file__).resolve().parent
 CHAT = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
@@ -139,7 +140,7 @@ def main() -> None:
 
     runtime = LlamaRuntime() if args.runtime == "llamacpp" else HFRuntime()
     deal_settings = {k: float(v) if "." in v else int(v) for k, v in (p.split("=") for p in args.deal.split(","))}
-    sets = [json.loads(line) for line in (HERE / "workloads" / "keywords.jsonl").read_text().splitlines()
+    sets = [json.loads(line) for line in (FOLDER / "keywords.jsonl").read_text().splitlines()
             if line.strip()][: args.sets]
     eos_free = (lambda ids: [t for t in ids if t not in (runtime.tokenizer.eos_token_id,)])
     chosen = [d.strip() for d in args.decoders.split(",") if d.strip()]

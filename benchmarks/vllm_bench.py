@@ -18,11 +18,12 @@ import json
 import os
 import time
 from pathlib import Path
+from anydecode.workloads import FOLDER
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-WORKLOADS = Path(__file__).resolve().parent / "workloads"
+WORKLOADS = FOLDER
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
                                            "age": {"type": "integer"}},
           "required": ["name", "age"], "additionalProperties": False}

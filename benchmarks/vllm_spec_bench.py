@@ -22,11 +22,12 @@ import platform
 import subprocess
 import time
 from pathlib import Path
+from anydecode.workloads import FOLDER
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-WORKLOAD = Path(__file__).resolve().parent / "workloads" / "editing.jsonl"
+WORKLOAD = FOLDER / "editing.jsonl"
 EXTENSION = "anydecode.plugins.vllm.worker.AnydecodeWorkerExtension"
 COUNTERS = {"vllm:spec_decode_num_drafts": "drafts", "vllm:spec_decode_num_draft_tokens": "draft_tokens",
             "vllm:spec_decode_num_accepted_tokens": "accepted"}

@@ -77,11 +77,16 @@ def _forward_of(module: torch.nn.Linear) -> Any:
     cached = _FORWARDS.get(module)
     if cached is not None:
         return cached
+    # the forward refers to its layer weakly: a strong reference from the cached value to its key would keep every
+    # model this module ever touched alive
+    layer = weakref.ref(module)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        if eligible(x, module.weight):
-            return onednn_linear(x, module.weight, module.bias)
-        return reference_linear(x, module.weight, module.bias)
+        m = layer()
+        assert m is not None  # the layer is running this forward
+        if eligible(x, m.weight):
+            return onednn_linear(x, m.weight, m.bias)
+        return reference_linear(x, m.weight, m.bias)
     forward._anydecode_fast_linear = True  # type: ignore[attr-defined]
     _FORWARDS[module] = forward
     return forward

@@ -3,6 +3,13 @@
 A config is a frozen dataclass whose fields carry their bounds in metadata (``config_field``). ``from_mapping``
 builds one from keyword arguments or from CLI/HTTP strings (``"0.7"``, ``"true"``, ``"a,b,c"``), and every
 failure names the field, the value given and what is accepted.
+
+Every field also says who may set it (DESIGN.md, "Who may set what"). Operator settings come from code running in
+the process (the Python API, ``anydecode run``, ``anydecode serve --set``, ``--additional-config``) and may name
+files, Python objects and engines. Request settings come from whoever can reach a server (``vllm_xargs``,
+``SamplingParams.extra_args``, the ``/v1/anydecode/completions`` body): a request may set a field only when the
+field is declared with ``request=True``, and a width (beams, samples, lookahead) only up to the operator's cap
+named by ``cap=``. The default is no: a new field is operator-only until its author declares otherwise.
 """
 
 from __future__ import annotations
@@ -30,9 +37,17 @@ def config_field(
     lt: float | None = None,
     choices: tuple[Any, ...] | None = None,
     default_factory: Any = _MISSING,
+    request: bool = False,
+    cap: str | None = None,
 ) -> Any:
-    """A dataclass field with bounds that ``DecoderConfig.validate`` checks."""
-    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices}
+    """A dataclass field with bounds that ``DecoderConfig.validate`` checks.
+
+    ``request=True`` lets a server's clients set the field (the default is operator-only); ``cap`` names the
+    serving limit a request's value must stay under (``anydecode.serving.Limits``: ``beams``, ``samples``, ...).
+    """
+    if cap is not None and not request:
+        raise ValueError(f"cap={cap!r} only applies to a field a request may set (request=True)")
+    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "request": request, "cap": cap}
     if default_factory is not _MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -118,10 +133,16 @@ def _coerce(tp: Any, value: Any, from_string: bool) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig:
-    """Base of every decoder, drafter and reward config."""
+    """Base of every decoder, drafter and reward config.
+
+    ``components`` is the lookup the config resolves the drafters, grammar engines and rewards it names through
+    (handed in by whoever builds it: the registry for registered decoders; None: the built-in components only).
+    """
 
     #: what the config belongs to, used in error messages
     owner: ClassVar[str] = "decoder"
+
+    components: Any = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -150,8 +171,27 @@ class DecoderConfig:
                 "type": _type_name(types_[f.name]),
                 "default": list(default) if isinstance(default, tuple) else default,
                 "help": f.metadata.get("help", ""),
+                "request": bool(f.metadata.get("request", False)),
+                "cap": f.metadata.get("cap"),
             })
         return out
+
+    @classmethod
+    def setting_fields(cls, values: Mapping[str, Any] | None = None,
+                       components: Any = None) -> dict[str, dataclasses.Field]:
+        """Every field that ``values`` may populate, by name: this config's own fields, and in configs that hand
+        settings on to components (a speculative decoder's drafter, a search decoder's rewards), theirs.
+
+        The trust boundary reads ``request`` and ``cap`` from these fields' metadata.
+        """
+        return {f.name: f for f in cls.fields()}
+
+    @classmethod
+    def request_fields(cls, values: Mapping[str, Any] | None = None,
+                       components: Any = None) -> dict[str, str | None]:
+        """The settings a request may give, each with the name of its cap (None: no cap)."""
+        return {name: f.metadata.get("cap") for name, f in cls.setting_fields(values, components).items()
+                if f.metadata.get("request", False)}
 
     @classmethod
     def fields_summary(cls) -> str:
@@ -161,8 +201,28 @@ class DecoderConfig:
     # -- construction --------------------------------------------------------------------------------------------
     @classmethod
     def from_mapping(cls: type[C], values: Mapping[str, Any] | None = None, *, from_strings: bool = False,
-                     name: str | None = None) -> C:
-        """Build and validate a config; unknown keys and ill-typed values raise ConfigError naming the fields."""
+                     name: str | None = None, components: Any = None) -> C:
+        """Build and validate a config; unknown keys and ill-typed values raise ConfigError naming the fields.
+
+        ``components`` (a :class:`~.component.Components` lookup) resolves the component names the config holds.
+        """
+        config = cls._build(values, from_strings=from_strings, name=name, components=components)
+        if components is not None:
+            object.__setattr__(config, "components", components)
+        label = f"{cls.owner} {name!r}" if name else cls.owner
+        try:
+            config.resolve()
+        except ConfigError as exc:
+            raise ConfigError(f"{label}: {exc}") from None
+        return config
+
+    def resolve(self) -> None:
+        """Check the component names the config holds against ``self.components`` (configs that name components
+        override it); called by ``from_mapping`` once the config is built."""
+
+    @classmethod
+    def _build(cls: type[C], values: Mapping[str, Any] | None = None, *, from_strings: bool = False,
+               name: str | None = None, components: Any = None) -> C:
         values = dict(values or {})
         label = f"{cls.owner} {name!r}" if name else cls.owner
         types_ = cls.field_types()
@@ -188,8 +248,13 @@ class DecoderConfig:
         except ConfigError as exc:
             raise ConfigError(f"{label}: {exc}") from None
 
+    def rows_per_prompt(self) -> int:
+        """Sequences a decoder with these settings holds side by side per prompt (beams, samples, candidates);
+        servers bound a request's memory with it."""
+        return 1
+
     def replace(self: C, **changes: Any) -> C:
-        return type(self).from_mapping({**self.as_dict(), **changes})
+        return type(self).from_mapping({**self.as_dict(), **changes}, components=self.components)
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in self.fields()}
@@ -220,11 +285,11 @@ class SamplingConfig(DecoderConfig):
     ``temperature=0`` means greedy (argmax).
     """
 
-    temperature: float = config_field(1.0, ge=0.0, help="softmax temperature; 0 is greedy")
-    top_k: int = config_field(0, ge=0, help="keep the k most likely tokens; 0 keeps all")
-    top_p: float = config_field(1.0, gt=0.0, le=1.0, help="nucleus: smallest set with this much mass")
-    min_p: float = config_field(0.0, ge=0.0, le=1.0, help="drop tokens below min_p times the top probability")
-    seed: int | None = config_field(None, ge=0, help="seed of the sampler's own random stream")
+    temperature: float = config_field(1.0, ge=0.0, request=True, help="softmax temperature; 0 is greedy")
+    top_k: int = config_field(0, ge=0, request=True, help="keep the k most likely tokens; 0 keeps all")
+    top_p: float = config_field(1.0, gt=0.0, le=1.0, request=True, help="nucleus: smallest set with this much mass")
+    min_p: float = config_field(0.0, ge=0.0, le=1.0, request=True, help="drop tokens below min_p times the top probability")
+    seed: int | None = config_field(None, ge=0, request=True, help="seed of the sampler's own random stream")
 
     @property
     def greedy(self) -> bool:

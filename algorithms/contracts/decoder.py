@@ -3,9 +3,10 @@
 Two kinds:
 
 * ``transform`` decoders provide a :class:`LogitsTransform` (sampling warpers, grammar masks, ASAp). They run in
-  the shared autoregressive loop (``anydecode.algorithms.loop``) on a model session, and adapters also turn them
-  into a runtime's native logits hook (a transformers ``LogitsProcessor``, a llama.cpp ``LogitsProcessorList``,
-  a vLLM logits processor).
+  the shared autoregressive loop (``anydecode.algorithms.loop``; ``loop.transform_decoder`` builds one), and
+  adapters also turn them into a runtime's native logits hook (a transformers ``LogitsProcessor``, a llama.cpp
+  ``LogitsProcessorList``, a vLLM logits processor) through the shared request lifecycle
+  (``anydecode.algorithms.lifecycle``).
 * ``loop`` decoders drive a model session themselves (speculative decoding, beam search, DeAL).
 """
 
@@ -18,6 +19,8 @@ from typing import Any, Literal
 import torch
 
 from .config import DecoderConfig
+from .errors import ConfigError
+from .runtime import RowsFactory, RuntimeProcessors, StoppingRule, TokenizerView
 from .session import ModelSession
 from .transform import LogitsTransform
 
@@ -28,15 +31,18 @@ class TransformContext:
 
     vocab_size: int
     eos_token_ids: frozenset[int] = frozenset()
-    #: an object with ``decode(ids) -> str`` and, for grammar engines, the vocabulary (adapters provide it)
-    tokenizer: Any = None
-    #: runtime name (``hf``, ``llamacpp``, ``vllm``, ``toy``)
+    #: the runtime's tokenizer view (text in and out, and the vocabulary grammar engines compile against)
+    tokenizer: TokenizerView | Any = None
+    #: runtime name (``hf``, ``llamacpp``, ``vllm``, ``toy``, a plugin's)
     runtime: str = ""
+    #: the most states a grammar may compile to (a server's limit on a request's grammar; None: the engine's own)
+    max_grammar_states: int | None = None
 
 
 @dataclasses.dataclass
 class DecodeContext(TransformContext):
-    """Everything a decoder's ``run`` gets: the session after prefill, prompts and limits."""
+    """Everything a decoder's ``run`` gets from the runtime adapter: sessions after prefill, prompts, limits, and
+    the runtime's own processors and stopping rules (every decoder applies them)."""
 
     session: ModelSession | None = None
     #: prompt token ids of each row
@@ -46,8 +52,29 @@ class DecodeContext(TransformContext):
     max_new_tokens: int = 64
     #: called as ``on_token(row, token_id)`` as tokens are committed (streaming)
     on_token: Callable[[int, int], None] | None = None
-    #: runtime-specific objects a decoder may use (a draft model, a second context)
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: the runtime's own logits processors (repetition penalty, bad words, min new tokens, ...)
+    processors: RuntimeProcessors | None = None
+    #: the runtime's stopping rules beyond EOS and the length limit (stop strings, custom criteria)
+    stopping: StoppingRule | None = None
+    #: what finished rows are padded with (transformers' pad token); None: the smallest end-of-sequence id
+    pad_token_id: int | None = None
+    #: what per-model state (ADED's tri-gram tables, suffix corpora) is keyed on; None: nothing is kept
+    owner: object | None = None
+    #: the draft model's session, holding the same prompts (``drafter="draft_model"``)
+    draft_session: ModelSession | None = None
+    #: multi-row sessions for search decoders where ``session`` cannot select rows (llama.cpp)
+    open_rows: RowsFactory | None = None
+    #: seconds the prompts' forward pass took (benchmarks report decoding speed without it)
+    prefill_seconds: float = 0.0
+    #: predicted outputs (OpenAI's ``prediction``): per prompt row, token ids the caller expects the output to
+    #: largely repeat (the file being edited); speculative drafters that can use it draft from it
+    prediction: Sequence[Sequence[int]] | None = None
+
+    @property
+    def pad(self) -> int:
+        if self.pad_token_id is not None:
+            return int(self.pad_token_id)
+        return min(self.eos_token_ids) if self.eos_token_ids else 0
 
 
 @dataclasses.dataclass
@@ -58,7 +85,8 @@ class DecodeResult:
     sequences: list[list[int]]
     #: for each sequence, the prompt row it continues
     prompt_rows: list[int]
-    #: ``stop`` (EOS), ``length`` (max_new_tokens), ``dead_end`` (grammar), ``abort``
+    #: ``stop`` (EOS or a stopping rule), ``length`` (max_new_tokens or a full context), ``dead_end`` (grammar),
+    #: ``abort``
     finish_reasons: list[str]
     #: a score per sequence where the decoder has one (beam log-probabilities, rewards)
     scores: list[float] | None = None
@@ -79,19 +107,24 @@ class Decoder:
     description: str = ""
     #: transform decoders: build the per-model transform from a config
     make_transform: Callable[[Any, TransformContext], LogitsTransform] | None = None
-    #: loop decoders (and transform decoders that want their own loop): run on a session
+    #: run the decoder on a decode context (``loop.transform_decoder`` fills it for transform decoders)
     run_fn: Callable[[Any, DecodeContext], DecodeResult] | None = None
+    #: what the decoder's output is claimed to equal (conformance checks it); None: see ``claim_note``
+    claim: str | None = None
+    #: why a decoder claims nothing, or what its claim is measured against
+    claim_note: str = ""
     #: set by the registry: the plugin that registered it
     source: str = ""
+    #: set by the registry: the components (drafters, grammar engines, rewards) its configs resolve names through
+    components: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     def configure(self, values: Mapping[str, Any] | None = None, *, from_strings: bool = False) -> DecoderConfig:
         """Build and validate this decoder's config (ConfigError on a bad key or value)."""
-        return self.config_cls.from_mapping(values, from_strings=from_strings, name=self.name)
+        return self.config_cls.from_mapping(values, from_strings=from_strings, name=self.name,
+                                            components=self.components)
 
     def transform(self, config: DecoderConfig, context: TransformContext) -> LogitsTransform:
         if self.make_transform is None:
-            from .errors import ConfigError
-
             raise ConfigError(
                 f"decoder {self.name!r} is a {self.kind} decoder and cannot act as a logits processor; "
                 "use the runtime's generate() entry point instead"
@@ -99,8 +132,7 @@ class Decoder:
         return self.make_transform(config, context)
 
     def run(self, config: DecoderConfig, context: DecodeContext) -> DecodeResult:
-        if self.run_fn is not None:
-            return self.run_fn(config, context)
-        from ..loop import run_transform_decoder
-
-        return run_transform_decoder(self, config, context)
+        if self.run_fn is None:
+            raise ConfigError(f"decoder {self.name!r} has no run function: build transform decoders with "
+                              "anydecode.algorithms.loop.transform_decoder")
+        return self.run_fn(config, context)

@@ -22,6 +22,15 @@ class RuntimeAdapterError(AnydecodeError, RuntimeError):
     """A runtime cannot do what was asked (missing extra, unsupported model, bad model file)."""
 
 
+class ContextFull(RuntimeAdapterError):
+    """A session has no room for more tokens; decoding loops end the rows with ``finish_reason="length"``."""
+
+
+#: what a request's failure may raise without taking the process with it: operator-supplied code (a reward, a
+#: transform) that raises ``SystemExit`` or ``KeyboardInterrupt`` still fails only its own request
+REQUEST_ERRORS: tuple[type[BaseException], ...] = (Exception, SystemExit, KeyboardInterrupt)
+
+
 def closest(name: str, choices: Iterable[str]) -> str:
     """' (did you mean X?)' for the closest registered name, or ''."""
     match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)

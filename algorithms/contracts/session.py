@@ -31,6 +31,9 @@ class ModelSession(abc.ABC):
     vocab_size: int
     #: token ids that end a sequence
     eos_token_ids: frozenset[int]
+    #: positions a row can hold, prompt included (llama.cpp: the context size); None: no fixed limit. Adapters cap
+    #: ``max_new_tokens`` by it, and an append past it raises ``ContextFull``
+    capacity: int | None = None
     #: relative cost ``(c0, c1)`` or ``(c0, c1, cb)`` of a forward over ``w`` tokens per row,
     #: ``c0 + c1 * w + cb * (w > 1)``, as a fixed hint (speculative decoding sizes drafts with it where it must not
     #: depend on timings); None: unknown

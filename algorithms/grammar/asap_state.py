@@ -164,6 +164,24 @@ def state_store(path: str | os.PathLike[str] | None = None) -> AsapStateStore:
         return store
 
 
+#: in-memory stores of tenants (``asap_tenant``), least recently used first; a tenant past the cap starts afresh
+_tenants: OrderedDict[str, AsapStateStore] = OrderedDict()
+MAX_TENANTS = 256
+
+
+def tenant_store(tenant: str) -> AsapStateStore:
+    """The in-memory store of one tenant (a server's clients with the same API key), never shared with others."""
+    with _lock:
+        store = _tenants.get(tenant)
+        if store is None:
+            store = _tenants[tenant] = AsapStateStore()
+            while len(_tenants) > MAX_TENANTS:
+                _tenants.popitem(last=False)
+        else:
+            _tenants.move_to_end(tenant)
+        return store
+
+
 def forget_asap_state(path: str | os.PathLike[str] | None = None) -> None:
     """Forget what ASAp learned in this process (for ``path``, or the in-memory store); files are not touched."""
     resolved = Path(os.path.expanduser(str(path))).resolve() if path else None

@@ -4,8 +4,9 @@
   compiles a :class:`GrammarSpec` for a :class:`TokenVocabulary`. Compiled grammars are cached per
   (grammar, vocabulary): the expensive work is shared by every request.
 * A :class:`CompiledGrammar` hands out cheap :class:`GrammarMatcher` cursors, one per sequence.
-* A matcher gives the allowed-token mask of its state (a bool tensor over the vocabulary), consumes a token, rolls
-  back, forks, and says whether the text so far is complete. End of sequence is handled here, the same way for every
+* A matcher gives the allowed-token mask of its state (a bool array over the vocabulary, or the same packed into
+  int32 words, the layout the kernels' batched masking reads), consumes a token, rolls back, forks, and says whether
+  the text so far is complete. End of sequence is handled here, the same way for every
   engine: an EOS id is allowed exactly when the text so far is a sentence of the grammar.
 """
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 import abc
 import collections
 import threading
-from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +28,27 @@ def unpack_bitmask(words: np.ndarray, vocab_size: int) -> np.ndarray:
     """A bool array of ``vocab_size`` from 32-bit words, bit ``i % 32`` of word ``i // 32`` for token ``i``."""
     bits = np.unpackbits(words.view(np.uint8), bitorder="little")
     return bits[:vocab_size].view(np.bool_)
+
+
+def bitmask_words(vocab_size: int) -> int:
+    """int32 words of a packed mask over ``vocab_size`` tokens."""
+    return (vocab_size + 31) // 32
+
+
+def pack_bitmask(mask: np.ndarray) -> np.ndarray:
+    """int32 words of a bool array: bit ``i % 32`` of word ``i // 32`` for token ``i`` (bits past the end clear).
+
+    The layout llguidance, xgrammar and outlines-core fill, and ``anydecode.kernels.apply_token_masks`` reads.
+    """
+    return pad_words(np.packbits(mask, bitorder="little"), len(mask))
+
+
+def pad_words(packed: np.ndarray, vocab_size: int) -> np.ndarray:
+    """``np.packbits(..., bitorder="little")`` bytes of ``vocab_size`` bits as int32 words (little-endian bytes are
+    token order)."""
+    words = np.zeros(bitmask_words(vocab_size) * 4, dtype=np.uint8)
+    words[: packed.shape[0]] = packed
+    return words.view("<i4").astype(np.int32, copy=False)
 
 
 class GrammarMatcher(abc.ABC):
@@ -47,6 +68,11 @@ class GrammarMatcher(abc.ABC):
     @abc.abstractmethod
     def _engine_mask(self) -> np.ndarray:
         """Bool array (vocab_size,) of the text tokens the grammar allows next (EOS bits are ignored)."""
+
+    def _engine_bitmask(self) -> np.ndarray:
+        """``_engine_mask`` packed into int32 words (``pack_bitmask``); engines that fill words natively override it.
+        The caller may modify the array."""
+        return pack_bitmask(self._engine_mask())
 
     @abc.abstractmethod
     def _engine_consume(self, token: int) -> bool:
@@ -75,6 +101,18 @@ class GrammarMatcher(abc.ABC):
         if self.is_complete():
             mask[eos] = True
         return mask
+
+    def allowed_bitmask(self) -> np.ndarray:
+        """:meth:`allowed_array` packed into int32 words, ``(ceil(vocab_size / 32),)``: bit ``i % 32`` of word
+        ``i // 32`` allows token ``i`` (engines that fill words natively never unpack them)."""
+        compiled = self.compiled
+        if self.finished:
+            return np.zeros(bitmask_words(self.vocab_size), dtype=np.int32)
+        words = self._engine_bitmask()
+        words &= compiled.text_words
+        if self.is_complete():
+            words |= compiled.eos_words
+        return words
 
     def allowed_tokens(self) -> torch.Tensor:
         """Bool tensor (vocab_size,): the tokens allowed next."""
@@ -131,6 +169,13 @@ class CompiledGrammar(abc.ABC):
         self.eos_index = np.array(sorted(vocabulary.eos_token_ids), dtype=np.int64)
         self.special_index = np.array(sorted(vocabulary.special_ids | vocabulary.eos_token_ids), dtype=np.int64)
         self.text_index = np.array(vocabulary.text_ids(), dtype=np.int64)
+        # the same rules on packed masks: special and EOS bits cleared, EOS bits set when the text is complete
+        keep = np.ones(vocabulary.vocab_size, dtype=np.bool_)
+        keep[self.special_index] = False
+        self.text_words = pack_bitmask(keep)
+        eos = np.zeros(vocabulary.vocab_size, dtype=np.bool_)
+        eos[self.eos_index] = True
+        self.eos_words = pack_bitmask(eos)
 
     @abc.abstractmethod
     def matcher(self) -> GrammarMatcher:
@@ -157,21 +202,26 @@ class GrammarEngine(abc.ABC):
         self._compiled: collections.OrderedDict[tuple[str, str], CompiledGrammar] = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def compile(self, spec: GrammarSpec, vocabulary: TokenVocabulary) -> CompiledGrammar:
-        """The compiled grammar (from the cache when this grammar met this vocabulary before)."""
+    def compile(self, spec: GrammarSpec, vocabulary: TokenVocabulary, *,
+                max_states: int | None = None) -> CompiledGrammar:
+        """The compiled grammar (from the cache when this grammar met this vocabulary before).
+
+        ``max_states`` caps the automaton or lexer states the grammar may compile to (a server's limit on what a
+        request's grammar may cost); a grammar past it is a GrammarError.
+        """
         if spec.format not in self.formats:
             raise GrammarError(
                 f"grammar engine {self.name!r} does not support the {spec.format} format; it supports "
                 f"{', '.join(sorted(self.formats))} (the llguidance engine supports all of lark, gbnf, "
                 "json_schema and regex)"
             )
-        key = (spec.key, vocabulary.fingerprint)
+        key = (spec.key, vocabulary.fingerprint, max_states)
         with self._lock:
             hit = self._compiled.get(key)
             if hit is not None:
                 self._compiled.move_to_end(key)
                 return hit
-        compiled = self._compile(spec, vocabulary)
+        compiled = self._compile(spec, vocabulary, max_states)
         compiled.check_not_empty()
         with self._lock:
             self._compiled[key] = compiled
@@ -180,21 +230,11 @@ class GrammarEngine(abc.ABC):
         return compiled
 
     @abc.abstractmethod
-    def _compile(self, spec: GrammarSpec, vocabulary: TokenVocabulary) -> CompiledGrammar:
-        """Compile without the cache; raise GrammarError for a grammar that does not parse or is unsupported."""
+    def _compile(self, spec: GrammarSpec, vocabulary: TokenVocabulary, max_states: int | None) -> CompiledGrammar:
+        """Compile without the cache; raise GrammarError for a grammar that does not parse, is unsupported, or
+        needs more than ``max_states`` states (None: the engine's own limits)."""
 
 
-_engines: dict[str, GrammarEngine] = {}
-
-
-def get_engine(name: str) -> GrammarEngine:
-    """The process-wide instance of the grammar engine registered as ``name``."""
-    if name not in _engines:
-        from anydecode.registry import get_registry  # the registry is the public face; imported when used
-
-        spec: Any = get_registry().get("grammar_engine", name)
-        engine = spec.factory()
-        if not isinstance(engine, GrammarEngine):
-            raise ConfigError(f"grammar engine {name!r} factory returned {type(engine).__name__}, not a GrammarEngine")
-        _engines[name] = engine
-    return _engines[name]
+def states_error(spec: GrammarSpec, states: int, limit: int) -> GrammarError:
+    return GrammarError(f"the {spec.format} grammar compiles to {states} states, over the limit of {limit} "
+                        "(grammar_states)")

@@ -116,6 +116,12 @@ class LLGuidanceMatcher(GrammarMatcher):
         self.inner.unsafe_compute_mask_ptr(self._words.ctypes.data, self._words.nbytes)
         return unpack_bitmask(self._words, self.vocab_size)
 
+    def _engine_bitmask(self) -> np.ndarray:
+        words = np.zeros((self.vocab_size + 31) // 32, dtype=np.int32)
+        if not self.inner.is_error():
+            self.inner.unsafe_compute_mask_ptr(words.ctypes.data, words.nbytes)
+        return words
+
     def _engine_consume(self, token: int) -> bool:
         if self.inner.validate_tokens([token]) != 1:
             return False
@@ -165,8 +171,9 @@ class LLGuidanceEngine(GrammarEngine):
                     self._tokenizers.popitem(last=False)
             return tok
 
-    def _compile(self, spec: GrammarSpec, vocabulary: TokenVocabulary) -> CompiledGrammar:
+    def _compile(self, spec: GrammarSpec, vocabulary: TokenVocabulary, max_states: int | None) -> CompiledGrammar:
         llg = _import()
+        limits = None if max_states is None else llg.LLParserLimits(max_lexer_states=max_states)
         lark_text = None
         if spec.format == "lark":
             grammar = llg.LLMatcher.grammar_from_lark(spec.text)
@@ -182,10 +189,10 @@ class LLGuidanceEngine(GrammarEngine):
         else:
             grammar = llg.LLMatcher.grammar_from_regex(spec.text)
         tokenizer = self.tokenizer(vocabulary)
-        problem = llg.LLMatcher.validate_grammar(grammar, tokenizer)
+        problem = llg.LLMatcher.validate_grammar(grammar, tokenizer, limits=limits)
         if problem and not problem.startswith("WARNING"):
             raise _grammar_error(spec, lark_text, problem)
-        prototype = llg.LLMatcher(tokenizer, grammar, log_level=0)
+        prototype = llg.LLMatcher(tokenizer, grammar, log_level=0, limits=limits)
         if prototype.is_error():
             raise _grammar_error(spec, lark_text, prototype.get_error())
         return LLGuidanceGrammar(spec, vocabulary, prototype)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .engine import CompiledGrammar, GrammarEngine, GrammarMatcher
+from .engine import CompiledGrammar, GrammarEngine, GrammarMatcher, pad_words, states_error
 from .spec import GrammarError, GrammarSpec, line_column, parse_error
 from .tokenizers import TokenVocabulary
 
@@ -79,6 +79,10 @@ class OutlinesMatcher(GrammarMatcher):
         assert isinstance(self.compiled, OutlinesGrammar)
         return self.compiled.mask(self.states[-1])
 
+    def _engine_bitmask(self) -> np.ndarray:
+        assert isinstance(self.compiled, OutlinesGrammar)
+        return self.compiled.words(self.states[-1])
+
     def _engine_consume(self, token: int) -> bool:
         assert isinstance(self.compiled, OutlinesGrammar)
         nxt = self.compiled.index.get_next_state(self.states[-1], token)
@@ -115,6 +119,13 @@ class OutlinesGrammar(CompiledGrammar):
 
     def mask(self, state: int) -> np.ndarray:
         """Allowed tokens of an automaton state, cached (packed bits) per state."""
+        return np.unpackbits(self._packed(state), count=self.vocabulary.vocab_size, bitorder="little").view(np.bool_)
+
+    def words(self, state: int) -> np.ndarray:
+        """Allowed tokens of an automaton state as int32 words (a new array), from the same cache."""
+        return pad_words(self._packed(state), self.vocabulary.vocab_size)
+
+    def _packed(self, state: int) -> np.ndarray:
         with self._lock:
             packed = self._masks.get(state)
         if packed is None:
@@ -127,7 +138,7 @@ class OutlinesGrammar(CompiledGrammar):
                 self._masks[state] = packed
                 while len(self._masks) > 4096:
                     self._masks.popitem(last=False)
-        return np.unpackbits(packed, count=self.vocabulary.vocab_size, bitorder="little").view(np.bool_)
+        return packed
 
     def matcher(self) -> GrammarMatcher:
         return OutlinesMatcher(self, self.index.get_initial_state())
@@ -173,7 +184,7 @@ class OutlinesEngine(GrammarEngine):
                 self._vocabularies.popitem(last=False)
         return hit
 
-    def _compile(self, spec: GrammarSpec, vocabulary: TokenVocabulary) -> CompiledGrammar:
+    def _compile(self, spec: GrammarSpec, vocabulary: TokenVocabulary, max_states: int | None) -> CompiledGrammar:
         oc = _import()
         if spec.format == "json_schema":
             ignored = ignored_keywords(spec.json_object())
@@ -201,4 +212,8 @@ class OutlinesEngine(GrammarEngine):
                 line, column, reason = _regex_position(spec.text)
                 raise parse_error("regex", spec.text, line, column, f"{reason} ({message})") from None
             raise GrammarError(f"outlines-core cannot compile the {spec.format} grammar: {message}") from None
+        if max_states is not None:
+            states = len(index.get_transitions())
+            if states > max_states:
+                raise states_error(spec, states, max_states)
         return OutlinesGrammar(spec, vocabulary, index, regex)

@@ -104,7 +104,11 @@ def infer_format(text: str) -> str:
 
 
 def grammar_spec(grammar: str | dict | GrammarSpec, format: str | None = None) -> GrammarSpec:
-    """Build a GrammarSpec from text, a file path (format from its extension) or a JSON-schema dict."""
+    """Build a GrammarSpec from grammar text or a JSON-schema dict.
+
+    A string is always grammar text, never a path: grammar settings may come from a server's clients, and a file is
+    read only where the operator asks for one (:func:`grammar_file_spec`, the ``grammar_file`` setting).
+    """
     if isinstance(grammar, GrammarSpec):
         if format is not None and format != grammar.format:
             raise ConfigError(f"grammar format {format!r} does not match the spec's {grammar.format!r}")
@@ -115,27 +119,22 @@ def grammar_spec(grammar: str | dict | GrammarSpec, format: str | None = None) -
         return GrammarSpec(json.dumps(grammar, sort_keys=True), format or "json_schema")
     if not isinstance(grammar, str):
         raise ConfigError(f"grammar must be text, a file path or a JSON-schema dict, got {type(grammar).__name__}")
-    path = _as_path(grammar)
-    if path is not None:
-        text = path.read_text(encoding="utf-8")
-        if format is None:
-            suffix = path.suffix.lower()
-            if suffix not in EXTENSIONS:
-                raise ConfigError(
-                    f"cannot tell the format of grammar file {str(path)!r} from its extension {suffix!r}; "
-                    f"known: {', '.join(f'{k} ({v})' for k, v in EXTENSIONS.items())}; or pass grammar_format"
-                )
-            format = EXTENSIONS[suffix]
-        return GrammarSpec(text, format)
     return GrammarSpec(grammar, format or infer_format(grammar))
 
 
-def _as_path(grammar: str) -> Path | None:
-    """``grammar`` as an existing file path, or None when it is grammar text."""
-    if "\n" in grammar or len(grammar) > 4096 or not grammar.strip():
-        return None
+def grammar_file_spec(path: str | os.PathLike[str], format: str | None = None) -> GrammarSpec:
+    """The grammar in a file (an operator setting), its format from ``format`` or the file's extension."""
+    file = Path(os.path.expanduser(str(path)))
+    if format is None:
+        suffix = file.suffix.lower()
+        if suffix not in EXTENSIONS:
+            raise ConfigError(
+                f"cannot tell the format of grammar file {str(file)!r} from its extension {suffix!r}; "
+                f"known: {', '.join(f'{k} ({v})' for k, v in EXTENSIONS.items())}; or pass grammar_format"
+            )
+        format = EXTENSIONS[suffix]
     try:
-        path = Path(os.path.expanduser(grammar.strip()))
-        return path if path.is_file() else None
-    except (OSError, ValueError):
-        return None
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read grammar_file {str(file)!r}: {exc}") from None
+    return GrammarSpec(text, format)

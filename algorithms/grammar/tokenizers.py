@@ -253,15 +253,15 @@ def from_llama(llm: Any, vocab_size: int | None = None) -> TokenVocabulary:
 
 # -- dispatch ------------------------------------------------------------------------------------------------------
 
-_cache: weakref.WeakKeyDictionary[Any, dict[int, TokenVocabulary]] = weakref.WeakKeyDictionary()
+_cache: weakref.WeakKeyDictionary[Any, TokenVocabulary] = weakref.WeakKeyDictionary()
 
 
 def vocabulary_for(tokenizer: Any, vocab_size: int | None = None,
                    eos_token_ids: Iterable[int] = ()) -> TokenVocabulary:
-    """The TokenVocabulary of a tokenizer object (cached per object), with ``eos_token_ids`` added.
+    """The TokenVocabulary of a runtime's tokenizer view (cached per object), with ``eos_token_ids`` added.
 
-    Accepted: a TokenVocabulary; a transformers tokenizer; a llama-cpp-python ``Llama``; an object with a
-    ``grammar_vocabulary()`` method or an ``llm``/``llama`` attribute holding a ``Llama`` (an adapter's view).
+    Accepted: a TokenVocabulary, or a tokenizer view with ``grammar_vocabulary()`` (each runtime adapter gives one:
+    the bridges :func:`from_transformers` and :func:`from_llama` build theirs). Nothing here knows a runtime.
     """
     if tokenizer is None:
         raise ConfigError("grammar decoding needs the tokenizer: the runtime adapter did not provide one "
@@ -269,7 +269,7 @@ def vocabulary_for(tokenizer: Any, vocab_size: int | None = None,
     if isinstance(tokenizer, TokenVocabulary):
         vocab = tokenizer
     else:
-        vocab = _cached(tokenizer, vocab_size)
+        vocab = _cached(tokenizer)
     if vocab_size is not None and vocab.vocab_size < vocab_size:
         vocab = dataclasses.replace(vocab, token_bytes=vocab.token_bytes + (b"",) * (vocab_size - vocab.vocab_size))
     if vocab_size is not None and vocab.vocab_size > vocab_size:
@@ -277,37 +277,22 @@ def vocabulary_for(tokenizer: Any, vocab_size: int | None = None,
     return vocab.with_eos(eos_token_ids)
 
 
-def _cached(tokenizer: Any, vocab_size: int | None) -> TokenVocabulary:
-    key = vocab_size or 0
-    for attr in ("llm", "llama"):  # an adapter's short-lived view of a Llama: cache on the Llama itself
-        inner = getattr(tokenizer, attr, None)
-        if inner is not None and hasattr(inner, "n_vocab") and hasattr(inner, "detokenize"):
-            tokenizer = inner
-            break
+def _cached(tokenizer: Any) -> TokenVocabulary:
+    build = getattr(tokenizer, "grammar_vocabulary", None)
+    if build is None:
+        raise ConfigError(
+            f"cannot read the vocabulary of a {type(tokenizer).__name__}: grammar decoding needs the runtime "
+            "adapter's tokenizer view (an object with grammar_vocabulary()) or an anydecode TokenVocabulary")
     try:
-        per_object = _cache.setdefault(tokenizer, {})
+        hit = _cache.get(tokenizer)
     except TypeError:  # not weak-referenceable: build every time
-        per_object = {}
-    if key not in per_object:
-        per_object[key] = _build(tokenizer, vocab_size)
-    return per_object[key]
-
-
-def _build(tokenizer: Any, vocab_size: int | None) -> TokenVocabulary:
-    if hasattr(tokenizer, "grammar_vocabulary"):
-        vocab = tokenizer.grammar_vocabulary()
-        if not isinstance(vocab, TokenVocabulary):
-            raise ConfigError(f"{type(tokenizer).__name__}.grammar_vocabulary() returned {type(vocab).__name__}")
-        return vocab
-    if hasattr(tokenizer, "convert_ids_to_tokens"):
-        return from_transformers(tokenizer, vocab_size)
-    if hasattr(tokenizer, "n_vocab") and hasattr(tokenizer, "detokenize"):
-        return from_llama(tokenizer, vocab_size)
-    for attr in ("llm", "llama"):  # an adapter's tokenizer view of a Llama
-        llama = getattr(tokenizer, attr, None)
-        if llama is not None and hasattr(llama, "n_vocab") and hasattr(llama, "detokenize"):
-            return from_llama(llama, vocab_size)
-    raise ConfigError(
-        f"cannot read the vocabulary of a {type(tokenizer).__name__}: grammar decoding accepts a transformers "
-        "tokenizer, a llama_cpp.Llama, an anydecode TokenVocabulary, or an object with grammar_vocabulary()"
-    )
+        hit = None
+    if hit is None:
+        hit = build()
+        if not isinstance(hit, TokenVocabulary):
+            raise ConfigError(f"{type(tokenizer).__name__}.grammar_vocabulary() returned {type(hit).__name__}")
+        try:
+            _cache[tokenizer] = hit
+        except TypeError:
+            pass
+    return hit

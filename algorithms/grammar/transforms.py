@@ -15,6 +15,11 @@ forbids, then apply the config's sampling warpers (temperature, top-k, top-p, mi
 
 A dead end (no token allowed and the text is not complete) makes every logit ``-inf``; ``forced_stop`` then
 reports ``dead_end`` and ASAp records EFG 0 for that prefix.
+
+Rows are transformed together (``apply_rows``; ``apply`` is the one-row case): each row's matcher and trie are
+brought up to date in row order, its allowed tokens are read as packed int32 words and, for ASAp, its learned
+children as ``(token, log EFG~)`` pairs; then one call to the kernels' dispatcher
+(``anydecode.kernels.apply_token_masks``) masks and reweights every row, and the warpers run on the batch.
 """
 
 from __future__ import annotations
@@ -26,12 +31,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from ... import kernels
 from ..contracts.config import SamplingConfig
-from ..contracts.transform import LogitsTransform
+from ..contracts.errors import REQUEST_ERRORS
+from ..contracts.transform import LogitsTransform, TransformState
 from ..sampling.warpers import warp_logits
 from .asap_state import AsapStateStore, TrieKey
 from .asap_trie import AsapTrie, TrieNode
-from .engine import CompiledGrammar, GrammarMatcher
+from .engine import CompiledGrammar, GrammarMatcher, bitmask_words
 
 NEG_INF = float("-inf")
 
@@ -42,6 +49,49 @@ def restrict(logits: torch.Tensor, mask: np.ndarray) -> torch.Tensor:
         values = logits.detach().numpy()
         return torch.from_numpy(np.where(mask, values, NEG_INF).astype(values.dtype, copy=False))
     return torch.where(torch.from_numpy(mask).to(logits.device), logits, NEG_INF)
+
+
+def allowed_from_words(words: np.ndarray, vocab: int) -> np.ndarray:
+    """The bool mask over ``vocab`` logits of packed allowed words (tokens past the words are not allowed)."""
+    return np.unpackbits(words.view(np.uint8), count=vocab, bitorder="little").view(np.bool_)
+
+
+class _Rows:
+    """What a batch of rows needs from their per-row preparation: packed masks, ASAp's corrections (CSR), the rows
+    that are dead ends and the rows whose transform failed."""
+
+    def __init__(self, rows: int, words: int, failed: dict[int, BaseException] | None):
+        self.bitmask = np.zeros((rows, words), dtype=np.int32)  # a dead row keeps no allowed token
+        self.dead: list[int] = []
+        self.failed = failed
+        self.indptr = [0]
+        self.tokens: list[int] = []
+        self.values: list[torch.Tensor] = []
+
+    def fail(self, index: int, exc: BaseException) -> None:
+        if self.failed is None:
+            raise exc
+        self.failed[index] = exc
+        self.bitmask[index] = 0
+
+    def masked(self, masked: torch.Tensor) -> torch.Tensor:
+        """Mask and reweight ``masked`` (rows, vocab) in place, in one dispatcher call."""
+        bitmask = torch.from_numpy(self.bitmask).to(masked.device)
+        if not self.tokens:
+            return kernels.apply_token_masks(masked, bitmask)
+        return kernels.apply_token_masks(masked, bitmask, None, torch.tensor(self.indptr, dtype=torch.int64),
+                                         torch.tensor(self.tokens, dtype=torch.int64), torch.cat(self.values))
+
+    def warped(self, masked: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
+        out = warp_logits(masked, config)
+        if self.dead:
+            out[self.dead] = NEG_INF
+        return out
+
+
+def _own_copy(logits: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy the kernels may write in place (a transform never changes the logits it is given)."""
+    return logits.detach().clone(memory_format=torch.contiguous_format)
 
 
 class GrammarRow:
@@ -98,14 +148,26 @@ class GrammarConstrainedTransform(LogitsTransform):
         return torch.full_like(logits, NEG_INF)
 
     def apply(self, state: Any, generated_ids: Sequence[int], logits: torch.Tensor) -> torch.Tensor:
-        row: GrammarRow = state
-        self._sync(row, generated_ids)
-        if row.dead_end:
-            return self._dead(row, logits)
-        mask = row.matcher.allowed_array()
-        if not mask.any():
-            return self._dead(row, logits)
-        return warp_logits(restrict(logits, mask), self.config)
+        return self.apply_rows([state], [generated_ids], logits.unsqueeze(0))[0]
+
+    def apply_rows(self, states: Sequence[TransformState], generated: Sequence[Sequence[int]], logits: torch.Tensor,
+                   failed: dict[int, BaseException] | None = None) -> torch.Tensor:
+        batch = self._rows(len(states), failed)
+        for i, (row, generated_ids) in enumerate(zip(states, generated)):
+            try:
+                self._sync(row, generated_ids)
+                words = None if row.dead_end else row.matcher.allowed_bitmask()
+                if words is None or not words.any():
+                    row.dead_end = True
+                    batch.dead.append(i)
+                else:
+                    batch.bitmask[i] = words
+            except REQUEST_ERRORS as exc:
+                batch.fail(i, exc)
+        return batch.warped(batch.masked(_own_copy(logits)), self.config)
+
+    def _rows(self, rows: int, failed: dict[int, BaseException] | None) -> _Rows:
+        return _Rows(rows, bitmask_words(self.compiled.vocabulary.vocab_size), failed)
 
     def forced_stop(self, state: Any) -> str | None:
         return "dead_end" if state is not None and state.dead_end else None
@@ -153,39 +215,72 @@ class AsapTransform(GrammarConstrainedTransform):
         """log P(t | w) as the trie stores it: the model's own distribution, unwarped, unmasked, temperature 1."""
         return torch.log_softmax(logits, dim=-1)
 
-    def apply(self, state: Any, generated_ids: Sequence[int], logits: torch.Tensor) -> torch.Tensor:
-        row: GrammarRow = state
+    def apply_rows(self, states: Sequence[TransformState], generated: Sequence[Sequence[int]], logits: torch.Tensor,
+                   failed: dict[int, BaseException] | None = None) -> torch.Tensor:
+        batch = self._rows(len(states), failed)
+        vocab = logits.shape[-1]
+        # the default model_logprobs reads no mask: one log-softmax for every row
+        logp_all = torch.log_softmax(logits, dim=-1) if self._plain_logprobs() else None
+        logps: list[torch.Tensor] = []
+        unsure: list[int] = []  # rows whose node may have nothing grammatical left
+        for i, (row, generated_ids) in enumerate(zip(states, generated)):
+            logp = logits[i] if logp_all is None else logp_all[i]
+            try:
+                logp, nothing_left = self._prepare(i, row, generated_ids, logits[i], logp, batch, vocab)
+                if nothing_left:
+                    unsure.append(i)
+            except REQUEST_ERRORS as exc:
+                batch.fail(i, exc)
+            batch.indptr.append(len(batch.tokens))
+            logps.append(logp)
+        masked = batch.masked(_own_copy(logp_all if logp_all is not None else torch.stack(logps)))
+        for i in unsure:
+            if not bool(torch.isfinite(masked[i]).any()):
+                states[i].dead_end = True
+                batch.dead.append(i)
+        return batch.warped(masked, self.config)
+
+    def _plain_logprobs(self) -> bool:
+        return type(self).model_logprobs is AsapTransform.model_logprobs
+
+    def _prepare(self, index: int, row: GrammarRow, generated_ids: Sequence[int], logits: torch.Tensor,
+                 logp: torch.Tensor, batch: _Rows, vocab: int) -> tuple[torch.Tensor, bool]:
+        """Bring one row up to date (matcher, trie cursor, the trie's first visit of its node) and put its mask
+        and learned corrections into ``batch``; returns the row's log P and whether its node may be a dead end."""
         back, fresh = self._sync(row, generated_ids)
         if back or fresh:
             self._walk(row, back, fresh)
         if row.dead_end:
-            return self._dead(row, logits)
-        mask = row.matcher.allowed_array()
-        if not mask.any():
+            batch.dead.append(index)
+            return logp, False
+        words = row.matcher.allowed_bitmask()
+        if not words.any():
             if row.node is not None and row.trie is not None:
                 with self.store.lock:
                     row.trie.expand(row.node, 0.0)  # a dead end: nothing grammatical follows this prefix
-            return self._dead(row, logits)
-        logp = self.model_logprobs(logits, mask)
-        masked = restrict(logp, mask)
+            row.dead_end = True
+            batch.dead.append(index)
+            return logp, False
+        if not self._plain_logprobs():
+            logp = self.model_logprobs(logits, allowed_from_words(words, vocab))
+        batch.bitmask[index] = words
         node = row.node
         trie = row.trie
-        if node is not None and trie is not None:
-            with self.store.lock:
-                if not node.expanded:
-                    chosen = logp.detach().cpu().numpy()[mask]
-                    trie.expand(node, float(np.exp(chosen.astype(np.float64)).sum()))
-                trie.touch(node)
-                learned = [(t, c.efg) for t, c in node.children.items() if c.efg < 1.0]
-                nothing_left = node.efg < 1e-12
-            if learned:
-                tokens = torch.tensor([t for t, _ in learned], dtype=torch.long, device=logits.device)
-                efg = torch.tensor([v for _, v in learned], dtype=torch.float64)
-                masked[tokens] += torch.log(efg).to(masked.dtype).to(logits.device)
-            row.logp = logp
-            if nothing_left and not bool(torch.isfinite(masked).any()):
-                return self._dead(row, logits)
-        return warp_logits(masked, self.config)
+        if node is None or trie is None:
+            return logp, False
+        with self.store.lock:
+            if not node.expanded:
+                chosen = logp.detach().cpu().numpy()[allowed_from_words(words, vocab)]
+                trie.expand(node, float(np.exp(chosen.astype(np.float64)).sum()))
+            trie.touch(node)
+            learned = [(t, c.efg) for t, c in node.children.items() if c.efg < 1.0]
+            nothing_left = node.efg < 1e-12
+        if learned:
+            batch.tokens.extend(t for t, _ in learned)
+            efg = torch.tensor([v for _, v in learned], dtype=torch.float64)
+            batch.values.append(torch.log(efg).to(logp.dtype))  # rounded as the logits are
+        row.logp = logp
+        return logp, nothing_left
 
     def finish(self, state: Any, generated_ids: Sequence[int], reason: str) -> None:
         row: GrammarRow = state

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 from ..contracts.config import DecoderConfig, SamplingConfig
-from ..contracts.decoder import Decoder, TransformContext
+from ..contracts.decoder import TransformContext
 from ..contracts.transform import IdentityTransform, LogitsTransform
+from ..loop import transform_decoder
 from .warpers import SamplingWarp
 
 
@@ -23,18 +24,13 @@ def _warp(config: SamplingConfig, context: TransformContext) -> LogitsTransform:
     return IdentityTransform() if config.greedy else SamplingWarp(config)
 
 
-GREEDY = Decoder(
-    name="greedy",
-    config_cls=GreedyConfig,
-    kind="transform",
-    description="the most likely token at each step",
-    make_transform=_identity,
+GREEDY = transform_decoder(
+    "greedy", GreedyConfig, _identity, "the most likely token at each step",
+    claim="greedy-identical", claim_note="the runtime's own greedy decoding, token for token",
 )
 
-SAMPLE = Decoder(
-    name="sample",
-    config_cls=SamplingConfig,
-    kind="transform",
-    description="ancestral sampling with temperature, top_k, top_p and min_p (in that order) and a seed",
-    make_transform=_warp,
+SAMPLE = transform_decoder(
+    "sample", SamplingConfig, _warp,
+    "ancestral sampling with temperature, top_k, top_p and min_p (in that order) and a seed",
+    claim="sampling", claim_note="ancestral sampling from the target after temperature, top_k, top_p, min_p",
 )

@@ -13,6 +13,8 @@ from ..contracts.config import SamplingConfig
 from ..contracts.transform import LogitsTransform, TransformState
 
 NEG_INF = float("-inf")
+#: relative slack of the top-p boundary: a ``top_p`` written as a decimal may be stored just above it
+TOP_P_SLACK = 2.0 ** -40
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -27,14 +29,26 @@ def apply_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def apply_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Keep the smallest set of most likely tokens whose probability reaches ``top_p`` (at least one token)."""
+    """Keep the smallest set of most likely tokens whose probability reaches ``top_p`` (at least one token).
+
+    Tokens are ordered by value, ties by token id, and kept while the mass strictly before them is below ``top_p``:
+    the token whose mass before equals ``top_p`` is dropped, as transformers' ``TopPLogitsWarper`` drops it
+    (``cumulative <= 1 - top_p``; 12 equal logits at ``top_p=0.5`` keep 6). Masses are compared unnormalised,
+    ``sum(e before) >= top_p * sum(e)`` with ``e = exp(x - max)``, so a tie group at the top adds up to exact
+    integers and lands on the boundary exactly (normalised probabilities ``1/12`` do not), and ``top_p`` is read
+    as the decimal it was written as (``0.55`` is stored a little above 0.55: the target is lowered by a relative
+    ``2**-40``, far below any mass a token can have at the boundary but above float64's representation error).
+    The kernels' ``warp_probs`` decides the same way (its ``top_p`` is rounded down to float32).
+    """
     if top_p >= 1.0:
         return logits
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)
-    probs = torch.softmax(sorted_logits.to(torch.float64), dim=-1)
+    x = sorted_logits.to(torch.float64)
+    top = x[..., :1]
+    e = torch.exp(x - torch.where(torch.isfinite(top), top, torch.zeros_like(top)))
     # mass strictly before each token; a token is kept while the mass before it is below top_p
-    before = torch.cumsum(probs, dim=-1) - probs
-    remove_sorted = before >= top_p
+    before = torch.cumsum(e, dim=-1) - e
+    remove_sorted = before >= top_p * (1.0 - TOP_P_SLACK) * e.sum(dim=-1, keepdim=True)
     remove_sorted[..., 0] = False
     remove = torch.zeros_like(remove_sorted).scatter(-1, order, remove_sorted)
     return logits.masked_fill(remove, NEG_INF)

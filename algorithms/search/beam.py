@@ -11,7 +11,11 @@ test uses the best running beam and, at the length limit, the running beams comp
 before any early stop, as transformers' ``num_beams`` generation does; with several groups the test uses the
 best candidate of the step, as transformers 4.x's group beam scorer did.
 
-Per step the session gets one ``select(parents)`` (cache reordered) and one ``append`` of every beam's token.
+Per step the session gets one ``select(parents)`` (cache reordered) and one ``append`` of every beam's token. The
+candidates of a step come from the kernels' dispatcher (``anydecode.kernels.diverse_beam_step``): with the Hamming
+penalty one call ranks every group of every prompt (the kernel chooses, for the later groups' penalties, the same
+tokens the loop below keeps); with n-gram diversity, or a runtime stopping rule that can end a non-EOS candidate,
+the penalty is formed here and each group is ranked by its own call. Ties rank the lower (beam, token) first.
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ from typing import Any
 
 import torch
 
+from ... import kernels
 from ..contracts.config import DecoderConfig, config_field
 from ..contracts.decoder import DecodeContext, DecodeResult
 from ..contracts.errors import ConfigError
 from .diversity import hamming_penalty, ngram_penalty
 from .hypotheses import FinishedHypotheses, best_hypotheses
+from ..loop import processed, stops
 from .rows import search_session
 
 #: the score of beams that must not be chosen (the copies of a prompt at the first step)
@@ -43,10 +49,14 @@ def _check_early_stopping(value: Any) -> None:
 class BeamConfig(DecoderConfig):
     """Plain beam search (transformers' ``num_beams`` generation)."""
 
-    num_beams: int = config_field(4, ge=1, help="beams kept at each step")
-    length_penalty: float = config_field(1.0, help="scores are sum_logprob / length**length_penalty")
-    early_stopping: bool | str = config_field(False, help="True, False or 'never' (see transformers)")
-    num_return_sequences: int = config_field(1, ge=1, help="sequences returned per prompt, best first")
+    num_beams: int = config_field(4, ge=1, request=True, cap="beams", help="beams kept at each step")
+    length_penalty: float = config_field(1.0, request=True, help="scores are sum_logprob / length**length_penalty")
+    early_stopping: bool | str = config_field(False, request=True, help="True, False or 'never' (see transformers)")
+    num_return_sequences: int = config_field(1, ge=1, request=True, cap="beams",
+                                             help="sequences returned per prompt, best first")
+
+    def rows_per_prompt(self) -> int:
+        return 2 * self.num_beams  # the candidates of a step (transformers keeps 2 x num_beams)
 
     def validate(self) -> None:
         super().validate()
@@ -61,10 +71,10 @@ class BeamConfig(DecoderConfig):
 class DiverseBeamConfig(BeamConfig):
     """Diverse beam search: ``num_beams`` split into ``num_beam_groups`` groups penalised for choosing alike."""
 
-    num_beam_groups: int = config_field(2, ge=1, help="groups the beams are split into; 1 is plain beam search")
-    diversity_penalty: float = config_field(0.5, help="lambda: subtracted per earlier-group match")
-    diversity: str = config_field("hamming", choices=("hamming", "ngram"), help="what counts as a match")
-    diversity_ngram: int = config_field(2, ge=1, help="n of the n-gram diversity")
+    num_beam_groups: int = config_field(2, ge=1, request=True, cap="beams", help="groups the beams are split into; 1 is plain beam search")
+    diversity_penalty: float = config_field(0.5, request=True, help="lambda: subtracted per earlier-group match")
+    diversity: str = config_field("hamming", choices=("hamming", "ngram"), request=True, help="what counts as a match")
+    diversity_ngram: int = config_field(2, ge=1, le=8, request=True, help="n of the n-gram diversity")
 
     def validate(self) -> None:
         super().validate()
@@ -85,8 +95,8 @@ def search_dtype(logits: torch.Tensor) -> torch.dtype:
     return torch.float64 if logits.dtype == torch.float64 else torch.float32
 
 
-def finish_reason(tokens: Sequence[int], eos: frozenset[int]) -> str:
-    return "stop" if tokens and tokens[-1] in eos else "length"
+def finish_reason(tokens: Sequence[int], eos: frozenset[int], stopped: bool = False) -> str:
+    return "stop" if stopped or (tokens and tokens[-1] in eos) else "length"
 
 
 def run_beam(config: BeamConfig, ctx: DecodeContext) -> DecodeResult:
@@ -116,11 +126,15 @@ def beam_search(ctx: DecodeContext, *, num_beams: int, num_beam_groups: int = 1,
     groups = num_beam_groups
     group_size = width // groups
     eos = frozenset(ctx.eos_token_ids)
-    pad = int(ctx.extra.get("pad_token_id", min(eos) if eos else 0))
+    pad = ctx.pad
     keep = max(2, 1 + len(eos)) * group_size
     # transformers' group scorer tests "done" against the step's best candidate, its beam search against the
     # best running beam; one group is plain beam search
     bound_by_candidates = groups > 1
+    # one dispatcher call ranks every group when the kernel's choices (the first group_size non-EOS candidates)
+    # are the loop's: Hamming diversity and no stopping rule that can end a non-EOS candidate
+    joint_step = groups == 1 or (diversity == "hamming" and ctx.stopping is None)
+    eos_ids = sorted(eos)
     with search_session(ctx, prompts * width, decoder) as (session, prompt_logits):
         rows = prompts * width
         session.select([p for p in range(prompts) for _ in range(width)])
@@ -137,23 +151,31 @@ def beam_search(ctx: DecodeContext, *, num_beams: int, num_beam_groups: int = 1,
         for step in range(ctx.max_new_tokens):
             steps += 1
             logp = torch.log_softmax(logits.to(dtype), dim=-1)
+            # the runtime's processors see log-probabilities, as transformers' beam search applies them
+            logp = processed(ctx, [r // width for r in range(rows)], sequences, logp)
             vocab = logp.shape[-1]
             tokens = torch.zeros(rows, dtype=torch.long)
             parents = torch.zeros(rows, dtype=torch.long)
             new_scores = torch.zeros(rows, dtype=dtype)
+            kept = min(keep, group_size * vocab)
+            joint = None
+            if joint_step:
+                joint = [t.tolist() for t in kernels.diverse_beam_step(
+                    logp, beam_scores, num_beams=width, groups=groups, penalty=diversity_penalty, keep=kept,
+                    eos=eos_ids, done=torch.tensor(done, dtype=torch.bool), pad=pad)]
             for g in range(groups):
-                index = torch.tensor([p * width + g * group_size + j for p in range(prompts)
-                                      for j in range(group_size)], dtype=torch.long)
-                scores = logp.index_select(0, index)
-                if g > 0:
-                    scores = scores - _penalty(diversity, diversity_penalty, diversity_ngram, tokens, parents,
-                                               sequences, prompts, width, g, group_size, vocab, dtype)
-                total = (scores + beam_scores.index_select(0, index).unsqueeze(-1)).view(prompts, group_size * vocab)
-                top_scores, top_index = torch.topk(total, min(keep, group_size * vocab), dim=1, largest=True,
-                                                   sorted=True)
-                top_scores_l = top_scores.tolist()
-                top_beam_l = (top_index // vocab).tolist()
-                top_token_l = (top_index % vocab).tolist()
+                if joint is not None:
+                    top_scores_l, top_beam_l, top_token_l = ([row[g] for row in part] for part in joint)
+                else:
+                    index = torch.tensor([p * width + g * group_size + j for p in range(prompts)
+                                          for j in range(group_size)], dtype=torch.long)
+                    scores = logp.index_select(0, index)
+                    if g > 0:
+                        scores = scores - _penalty(diversity, diversity_penalty, diversity_ngram, tokens, parents,
+                                                   sequences, prompts, width, g, group_size, vocab, dtype)
+                    ranked = kernels.diverse_beam_step(scores, beam_scores.index_select(0, index),
+                                                       num_beams=group_size, groups=1, penalty=0.0, keep=kept)
+                    top_scores_l, top_beam_l, top_token_l = ([row[0] for row in part.tolist()] for part in ranked)
                 for p in range(prompts):
                     base = p * width + g * group_size
                     if done[p][g]:
@@ -162,9 +184,11 @@ def beam_search(ctx: DecodeContext, *, num_beams: int, num_beam_groups: int = 1,
                         parents[base: base + group_size] = base
                         continue
                     filled = 0
+                    ended = []
                     for rank, (score, beam, token) in enumerate(zip(top_scores_l[p], top_beam_l[p], top_token_l[p])):
                         parent = base + beam
-                        if token in eos:
+                        if token in eos or stops(ctx, p, sequences[parent] + [token]):
+                            ended.append((score, token, parent))
                             if rank >= group_size:
                                 continue
                             hyps[p][g].add(sequences[parent] + [token], score, step + 1)
@@ -175,6 +199,13 @@ def beam_search(ctx: DecodeContext, *, num_beams: int, num_beam_groups: int = 1,
                             filled += 1
                         if filled == group_size:
                             break
+                    # fewer continuations than beams (every candidate ended): as transformers does, the ended ones
+                    # keep the remaining rows running with a score that can never win
+                    for score, token, parent in ended[: group_size - filled]:
+                        new_scores[base + filled] = score + DEAD
+                        tokens[base + filled] = token
+                        parents[base + filled] = parent
+                        filled += 1
                     if filled < group_size:
                         raise ConfigError(
                             f"beam search found only {filled} continuations for {group_size} beams: the vocabulary "
@@ -207,7 +238,7 @@ def beam_search(ctx: DecodeContext, *, num_beams: int, num_beam_groups: int = 1,
                 out_sequences.append(hyp.tokens)
                 out_rows.append(p)
                 out_scores.append(hyp.score)
-                reasons.append(finish_reason(hyp.tokens, eos))
+                reasons.append(finish_reason(hyp.tokens, eos, stops(ctx, p, hyp.tokens)))
             if steps == 0:  # max_new_tokens=0: the empty continuation
                 for _ in range(num_return_sequences):
                     out_sequences.append([])

@@ -28,7 +28,11 @@ from .rows import search_session
 class BestOfNConfig(RewardSettings, SamplingConfig):
     """N samples with the sampling settings, the best by reward (ties: log-likelihood)."""
 
-    num_samples: int = config_field(4, ge=1, help="samples drawn per prompt (the N of best-of-N)")
+    num_samples: int = config_field(4, ge=1, request=True, cap="samples",
+                                    help="samples drawn per prompt (the N of best-of-N)")
+
+    def rows_per_prompt(self) -> int:
+        return self.num_samples
 
 
 class LogLikelihoodRecorder(LogitsTransform):
@@ -78,7 +82,9 @@ def run_best_of_n(config: BestOfNConfig, ctx: DecodeContext, reward: Reward | No
             prompt_logits=logits.repeat_interleave(n, dim=0), on_token=None)
         recorder = LogLikelihoodRecorder()
         transform = ChainTransform([recorder, SAMPLE.transform(sampling, rows)])
-        samples = autoregressive(rows, transform, selector_for(sampling))
+        # the runtime's processors and stopping rules apply per prompt: sample r continues prompt r // n
+        samples = autoregressive(rows, transform, selector_for(sampling),
+                                 prompt_rows=[r // n for r in range(prompts * n)])
     logliks = [s["loglik"] for s in recorder.states]
     rewards = [0.0] * len(samples.sequences)
     if reward is not None:

@@ -30,6 +30,7 @@ from ..contracts.errors import ConfigError
 from .beam import _check_early_stopping, finish_reason, search_dtype
 from .hypotheses import FinishedHypotheses, best_hypotheses
 from .rewards import Reward, RewardInput, RewardSettings, checked_scores, decode_text
+from ..loop import processed, stops
 from .rows import search_session
 
 
@@ -37,13 +38,18 @@ from .rows import search_session
 class DealConfig(RewardSettings):
     """DeAL search: frontier width, actions per state, lookahead length, reward weight and the rewards."""
 
-    beam: int = config_field(2, ge=1, help="partial sequences kept at each step")
-    k: int = config_field(5, ge=1, help="top-k tokens each kept sequence is expanded with")
-    lookahead: int = config_field(4, ge=0, help="greedy tokens rolled out before scoring a candidate")
-    lam: float | None = config_field(None, ge=0.0, help="weight of the reward (default: 1 with a reward, else 0)")
-    length_penalty: float = config_field(1.0, help="finished scores use sum_logprob / length**length_penalty")
-    early_stopping: bool | str = config_field(False, help="True, False or 'never' (as beam search)")
-    num_return_sequences: int = config_field(1, ge=1, help="sequences returned per prompt, best first")
+    beam: int = config_field(2, ge=1, request=True, cap="beams", help="partial sequences kept at each step")
+    k: int = config_field(5, ge=1, request=True, cap="expansions", help="top-k tokens each kept sequence is expanded with")
+    lookahead: int = config_field(4, ge=0, request=True, cap="lookahead", help="greedy tokens rolled out before scoring a candidate")
+    lam: float | None = config_field(None, ge=0.0, request=True,
+                                    help="weight of the reward (default: 1 with a reward, else 0)")
+    length_penalty: float = config_field(1.0, request=True, help="finished scores use sum_logprob / length**length_penalty")
+    early_stopping: bool | str = config_field(False, request=True, help="True, False or 'never' (as beam search)")
+    num_return_sequences: int = config_field(1, ge=1, request=True, cap="beams",
+                                             help="sequences returned per prompt, best first")
+
+    def rows_per_prompt(self) -> int:
+        return self.beam * self.k  # every candidate of a step is rolled out as a row
 
     def validate(self) -> None:
         super().validate()
@@ -85,7 +91,7 @@ def deal_search(ctx: DecodeContext, *, reward: Reward | None, beam: int, k: int,
     started = time.perf_counter()
     prompts = len(ctx.prompts)
     eos = frozenset(ctx.eos_token_ids)
-    pad = int(ctx.extra.get("pad_token_id", min(eos) if eos else 0))
+    pad = ctx.pad
     keep = max(2, 1 + len(eos)) * beam
     guided = reward is not None and lam != 0.0
     prompt_texts = [decode_text(ctx.tokenizer, p) for p in ctx.prompts] if guided else [""] * prompts
@@ -113,6 +119,12 @@ def deal_search(ctx: DecodeContext, *, reward: Reward | None, beam: int, k: int,
         for step in range(ctx.max_new_tokens):
             steps += 1
             logp = torch.log_softmax(logits.to(dtype), dim=-1)
+            expanding = [(p, row, seq) for p in range(prompts) for row, _g, seq in running[p]]
+            if expanding and ctx.processors is not None:
+                index = torch.tensor([row for _p, row, _seq in expanding], dtype=torch.long)
+                logp = logp.clone()
+                logp[index] = processed(ctx, [p for p, _r, _s in expanding], [s for _p, _r, s in expanding],
+                                        logp[index])
             width = min(k, logp.shape[-1])
             top_lp, top_tok = torch.topk(logp, width, dim=-1)
             candidates: list[list[_Candidate]] = []
@@ -127,7 +139,7 @@ def deal_search(ctx: DecodeContext, *, reward: Reward | None, beam: int, k: int,
             remaining = ctx.max_new_tokens - (step + 1)
             after: torch.Tensor | None = None
             if guided:
-                after = _lookahead(session, candidates, eos, pad, min(lookahead, remaining), counters,
+                after = _lookahead(ctx, session, candidates, eos, pad, min(lookahead, remaining), counters,
                                    need_logits=remaining > 0)
                 items, owners = [], []
                 for p, found in enumerate(candidates):
@@ -153,7 +165,7 @@ def deal_search(ctx: DecodeContext, *, reward: Reward | None, beam: int, k: int,
                 ranked = sorted(found, key=lambda c: -c.rank_score)[:keep]
                 kept: list[_Candidate] = []
                 for rank, cand in enumerate(ranked):
-                    if cand.token in eos:
+                    if cand.token in eos or stops(ctx, p, cand.tokens):
                         if rank >= beam:
                             continue
                         hyps[p].add(cand.tokens, cand.loglik, step + 1, lam * cand.reward if guided else 0.0)
@@ -161,7 +173,10 @@ def deal_search(ctx: DecodeContext, *, reward: Reward | None, beam: int, k: int,
                         kept.append(cand)
                     if len(kept) == beam:
                         break
-                if len(kept) < beam:
+                if not kept and any(c.token in eos or stops(ctx, p, c.tokens) for c in ranked):
+                    new_running.append([])  # every candidate ended (EOS or a stopping rule): the search is over
+                    continue
+                if not kept:
                     raise ConfigError(
                         f"deal found only {len(kept)} continuations for beam={beam}: raise k={k} (each state is "
                         "expanded with k tokens, some of which end the sequence)"
@@ -202,7 +217,7 @@ def deal_search(ctx: DecodeContext, *, reward: Reward | None, beam: int, k: int,
                 out_sequences.append(hyp.tokens)
                 out_rows.append(p)
                 out_scores.append(hyp.score)
-                reasons.append(finish_reason(hyp.tokens, eos))
+                reasons.append(finish_reason(hyp.tokens, eos, stops(ctx, p, hyp.tokens)))
             if not steps:
                 out_sequences.append([])
                 out_rows.append(p)
@@ -219,8 +234,8 @@ def deal_search(ctx: DecodeContext, *, reward: Reward | None, beam: int, k: int,
                         stats=stats)
 
 
-def _lookahead(session: Any, candidates: list[list[_Candidate]], eos: frozenset[int], pad: int, length: int,
-               counters: dict[str, int], need_logits: bool = True) -> torch.Tensor:
+def _lookahead(ctx: DecodeContext, session: Any, candidates: list[list[_Candidate]], eos: frozenset[int], pad: int,
+               length: int, counters: dict[str, int], need_logits: bool = True) -> torch.Tensor:
     """Roll every continuing candidate out greedily; leaves the session holding one row per such candidate.
 
     Sets ``cand.row`` (its session row) and ``cand.rollout`` (its tokens plus the greedy lookahead, cut at EOS);
@@ -228,7 +243,8 @@ def _lookahead(session: Any, candidates: list[list[_Candidate]], eos: frozenset[
     """
     parents: list[int] = []
     tokens: list[int] = []
-    for found in candidates:
+    prompt_of: list[int] = []
+    for p, found in enumerate(candidates):
         for cand in found:
             if cand.token in eos:
                 cand.row = -1
@@ -236,6 +252,7 @@ def _lookahead(session: Any, candidates: list[list[_Candidate]], eos: frozenset[
             cand.row = len(parents)
             parents.append(cand.parent)
             tokens.append(cand.token)
+            prompt_of.append(p)
     for found in candidates:
         for cand in found:
             cand.rollout = list(cand.tokens)
@@ -248,8 +265,11 @@ def _lookahead(session: Any, candidates: list[list[_Candidate]], eos: frozenset[
     owners = [c for found in candidates for c in found if c.row >= 0]
     ended = [False] * len(parents)
     current = after
+    rollouts = [[] for _ in parents]
+    for cand in owners:
+        rollouts[cand.row] = cand.rollout
     for i in range(length):
-        greedy = current.argmax(dim=-1).tolist()
+        greedy = processed(ctx, prompt_of, rollouts, current).argmax(dim=-1).tolist()
         for cand in owners:
             if not ended[cand.row]:
                 cand.rollout.append(greedy[cand.row])

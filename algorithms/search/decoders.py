@@ -13,6 +13,8 @@ BEAM = Decoder(
     kind="loop",
     description="beam search (as transformers' num_beams), every beam of a step in one forward pass",
     run_fn=run_beam,
+    claim="search",
+    claim_note="transformers' own beam search (num_beams), sequences and scores",
 )
 
 DIVERSE_BEAM = Decoder(
@@ -21,6 +23,8 @@ DIVERSE_BEAM = Decoder(
     kind="loop",
     description="diverse beam search (Vijayakumar et al.): beam groups with a Hamming or n-gram diversity penalty",
     run_fn=run_diverse_beam,
+    claim="search",
+    claim_note="transformers 4.x group beam search (Hamming diversity; recorded outputs)",
 )
 
 DEAL = Decoder(
@@ -29,6 +33,8 @@ DEAL = Decoder(
     kind="loop",
     description="DeAL (Huang et al. 2024): top-k expansion scored by likelihood + lam * reward of a greedy lookahead",
     run_fn=run_deal,
+    claim="search",
+    claim_note="with lam=0, beam search of the same width; with a reward, the paper's heuristic search",
 )
 
 BEST_OF_N = Decoder(
@@ -37,4 +43,6 @@ BEST_OF_N = Decoder(
     kind="loop",
     description="num_samples samples with the sample settings, the best by reward (ties: log-likelihood)",
     run_fn=run_best_of_n,
+    claim="best-of-n",
+    claim_note="the best by reward (ties: log-likelihood) of the N samples `sample` draws with the same seed",
 )

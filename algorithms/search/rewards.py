@@ -12,11 +12,11 @@ import dataclasses
 import importlib
 import math
 import re
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from ..contracts.config import DecoderConfig, config_field
-from ..contracts.errors import AnydecodeError, ConfigError
+from ..contracts.errors import REQUEST_ERRORS, AnydecodeError, ConfigError
 
 
 class RewardError(AnydecodeError, RuntimeError):
@@ -62,13 +62,13 @@ def checked_scores(reward: Reward, items: Sequence[RewardInput]) -> list[float]:
         values = reward.score_batch(items)
     except RewardError:
         raise
-    except Exception as exc:  # the reward is user code: whatever it raises, name it and the text it failed on
+    except REQUEST_ERRORS as exc:  # the reward is user code: whatever it raises (sys.exit included), name it
         text = items[0].text if len(items) == 1 else None
         if text is None:  # find the failing candidate by scoring them one at a time
             for item in items:
                 try:
                     reward.score(item)
-                except Exception:  # noqa: BLE001 (find which candidate fails, whatever it raises)
+                except REQUEST_ERRORS:  # find which candidate fails, whatever it raises
                     text = item.text
                     break
         raise RewardError(
@@ -116,8 +116,9 @@ class KeywordsConfig(DecoderConfig):
     """Share of the keywords the text contains (CommonGen-style coverage)."""
 
     owner = "reward"
-    keywords: tuple[str, ...] = config_field((), help="words the text should use (comma separated)")
-    keywords_ordered: bool = config_field(False, help="count only keywords that appear in the given order")
+    keywords: tuple[str, ...] = config_field((), request=True, help="words the text should use (comma separated)")
+    keywords_ordered: bool = config_field(False, request=True,
+                                         help="count only keywords that appear in the given order")
 
     def validate(self) -> None:
         super().validate()
@@ -178,9 +179,9 @@ class LengthConfig(DecoderConfig):
     """Reward 0 inside a target length range, minus the relative distance outside it."""
 
     owner = "reward"
-    length_min: int = config_field(0, ge=0, help="shortest wanted length")
-    length_max: int | None = config_field(None, ge=1, help="longest wanted length (none: no upper bound)")
-    length_unit: str = config_field("words", choices=("words", "tokens"), help="count words or tokens")
+    length_min: int = config_field(0, ge=0, request=True, help="shortest wanted length")
+    length_max: int | None = config_field(None, ge=1, request=True, help="longest wanted length (none: no upper bound)")
+    length_unit: str = config_field("words", choices=("words", "tokens"), request=True, help="count words or tokens")
 
     def validate(self) -> None:
         super().validate()
@@ -221,7 +222,7 @@ class RegexConfig(DecoderConfig):
 
     owner = "reward"
     pattern: str = config_field("", help="a Python regular expression")
-    fullmatch: bool = config_field(False, help="the whole text must match (default: a match anywhere)")
+    fullmatch: bool = config_field(False, request=True, help="the whole text must match (default: a match anywhere)")
 
     def validate(self) -> None:
         super().validate()
@@ -327,63 +328,14 @@ def label_index(id2label: dict[int, str], num_labels: int, label: str | None, so
     return matches[0]
 
 
-class RewardModelReward(Reward):
-    """Logit of one label of ``AutoModelForSequenceClassification`` (transformers imported on first use)."""
-
-    name = "reward_model"
-
-    def __init__(self, config: RewardModelConfig):
-        try:
-            import torch
-            from transformers import AutoModelForSequenceClassification, AutoTokenizer
-        except ImportError as exc:
-            raise ConfigError(f"the reward_model reward needs transformers ({exc}): pip install transformers") from None
-        source = config.reward_model_path
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(source)
-            self.model = AutoModelForSequenceClassification.from_pretrained(source)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"reward_model_path={source!r} cannot be loaded as a classification model: {exc}") from None
-        self.model.eval()
-        cfg = self.model.config
-        self.index = label_index(getattr(cfg, "id2label", {}), int(cfg.num_labels), config.reward_label, repr(source))
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-            cfg.pad_token_id = self.tokenizer.pad_token_id
-        self.pair = config.reward_pair
-        self.batch_size = config.reward_batch_size
-        self._torch = torch
-
-    def score_batch(self, items: Sequence[RewardInput]) -> list[float]:
-        out: list[float] = []
-        for start in range(0, len(items), self.batch_size):
-            chunk = items[start: start + self.batch_size]
-            texts = [i.text for i in chunk]
-            if self.pair:
-                enc = self.tokenizer([i.prompt for i in chunk], texts, return_tensors="pt", padding=True,
-                                     truncation=True)
-            else:
-                enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True)
-            with self._torch.no_grad():
-                logits = self.model(**enc).logits
-            out.extend(float(v) for v in logits[:, self.index].float().tolist())
-        return out
-
-
 # -- building rewards from names and settings --------------------------------------------------------------------
 BUILTIN_REWARDS: dict[str, tuple[type[DecoderConfig], Callable[[Any], Reward], str]] = {
     "keywords": (KeywordsConfig, KeywordsReward, "share of the given keywords the text uses (optionally in order)"),
     "length": (LengthConfig, LengthReward, "0 inside a target length range in words or tokens, negative outside"),
     "regex": (RegexConfig, RegexReward, "1 when the text matches a regular expression"),
     "callable": (CallableConfig, CallableReward, "any Python function of the text, named module:function"),
-    "reward_model": (RewardModelConfig, RewardModelReward,
-                     "a transformers sequence-classification model's logit for one label"),
 }
-
-
-#: ``lookup(name) -> (config class or None, factory)`` for a reward name; raises for an unknown name
-RewardLookup = Callable[[str], tuple[type[DecoderConfig] | None, Callable[..., Any]]]
+#: the ``reward_model`` reward's factory is transformers code: ``anydecode.plugins.hf.rewards`` registers it
 
 
 def builtin_lookup(name: str) -> tuple[type[DecoderConfig] | None, Callable[..., Any]]:
@@ -396,26 +348,35 @@ def builtin_lookup(name: str) -> tuple[type[DecoderConfig] | None, Callable[...,
     return config_cls, factory
 
 
+def reward_lookup(components: Any, name: str) -> tuple[type[DecoderConfig] | None, Callable[..., Any]]:
+    """A reward's config class and factory through the handed-in components (None: the built-in rewards)."""
+    if components is None:
+        return builtin_lookup(name)
+    spec = components.get("reward", name)
+    return spec.config_cls, spec.factory
+
+
 @dataclasses.dataclass(frozen=True)
 class RewardSettings(DecoderConfig):
     """Which rewards a search decoder uses, their weights and the built-in rewards' settings.
 
     Settings of a third-party reward that are not fields here are accepted by name too: ``from_mapping`` keeps
-    them aside (``reward_extras``) and hands each reward the settings its own config declares.
+    them aside (``reward_extras``) and hands each reward the settings its own config declares. Reward names are
+    resolved through the config's ``components`` (the registry, for registered decoders) when it is built.
     """
 
-    #: how reward names are resolved; the registered decoders resolve through the plugin registry
-    reward_lookup: ClassVar[RewardLookup] = staticmethod(builtin_lookup)  # type: ignore[assignment]
-
-    reward: tuple[str, ...] = config_field((), help="reward names, combined as a weighted sum")
-    reward_weights: tuple[float, ...] = config_field((), help="one weight per reward (default: all 1)")
-    keywords: tuple[str, ...] = config_field((), help="keywords reward: words the text should use")
-    keywords_ordered: bool = config_field(False, help="keywords reward: count only keywords in the given order")
-    length_min: int = config_field(0, ge=0, help="length reward: shortest wanted length")
-    length_max: int | None = config_field(None, ge=1, help="length reward: longest wanted length")
-    length_unit: str = config_field("words", choices=("words", "tokens"), help="length reward: words or tokens")
+    reward: tuple[str, ...] = config_field((), request=True,
+                                           help="reward names, combined as a weighted sum (requests: only among the "
+                                                "rewards the operator enabled)")
+    reward_weights: tuple[float, ...] = config_field((), request=True, help="one weight per reward (default: all 1)")
+    keywords: tuple[str, ...] = config_field((), request=True, help="keywords reward: words the text should use")
+    keywords_ordered: bool = config_field(False, request=True, help="keywords reward: count only keywords in the given order")
+    length_min: int = config_field(0, ge=0, request=True, help="length reward: shortest wanted length")
+    length_max: int | None = config_field(None, ge=1, request=True, help="length reward: longest wanted length")
+    length_unit: str = config_field("words", choices=("words", "tokens"), request=True,
+                                    help="length reward: words or tokens")
     pattern: str = config_field("", help="regex reward: the regular expression")
-    fullmatch: bool = config_field(False, help="regex reward: the whole text must match")
+    fullmatch: bool = config_field(False, request=True, help="regex reward: the whole text must match")
     function: str = config_field("", help="callable reward: module:function, called as function(text)")
     reward_model_path: str = config_field("", help="reward_model reward: folder of a classification model")
     reward_label: str | None = config_field(None, help="reward_model reward: label (name or index) to score")
@@ -423,27 +384,47 @@ class RewardSettings(DecoderConfig):
     reward_batch_size: int = config_field(16, ge=1, help="reward_model reward: candidates per forward pass")
     #: settings of third-party rewards, as (name, value) pairs
     reward_extras: tuple[tuple[str, Any], ...] = dataclasses.field(default=(), init=False, repr=False)
+    #: whether the extras came as strings (CLI, HTTP) and are parsed by each reward's config
+    extras_from_strings: bool = dataclasses.field(default=False, init=False, repr=False, compare=False)
 
     @classmethod
-    def from_mapping(cls, values=None, *, from_strings: bool = False, name: str | None = None):  # type: ignore[override]
+    def _build(cls, values=None, *, from_strings: bool = False, name: str | None = None,  # type: ignore[override]
+               components: Any = None):
         values = dict(values or {})
         own = set(cls.field_types())
         extras = {k: v for k, v in values.items() if k not in own}
         base = {k: v for k, v in values.items() if k in own}
         if isinstance(base.get("reward"), str):
             base["reward"] = [r.strip() for r in base["reward"].split(",") if r.strip()]
-        config = super().from_mapping(base, from_strings=from_strings, name=name)
+        config = super()._build(base, from_strings=from_strings, name=name, components=components)
         if extras:
             object.__setattr__(config, "reward_extras", tuple(sorted(extras.items())))
-        label = f"{cls.owner} {name!r}" if name else cls.owner
-        try:
-            config.reward_configs(from_strings=from_strings)
-        except ConfigError as exc:
-            raise ConfigError(f"{label}: {exc}") from None
+        object.__setattr__(config, "extras_from_strings", from_strings)
         return config
+
+    def resolve(self) -> None:
+        self.reward_configs(from_strings=self.extras_from_strings)
 
     def as_dict(self) -> dict[str, Any]:
         return {**super().as_dict(), **dict(self.reward_extras)}
+
+    @classmethod
+    def setting_fields(cls, values: Mapping[str, Any] | None = None,
+                       components: Any = None) -> dict[str, dataclasses.Field]:
+        """This config's fields and those of the rewards ``values`` chooses (third-party rewards' settings)."""
+        fields = super().setting_fields(values, components)
+        names = (values or {}).get("reward") or ()
+        if isinstance(names, str):
+            names = [n.strip() for n in names.split(",") if n.strip()]
+        for reward_name in names:
+            try:
+                config_cls, _factory = reward_lookup(components, reward_name)
+            except AnydecodeError:
+                continue  # an unknown reward: building the config names it
+            if config_cls is not None:
+                for f in config_cls.fields():
+                    fields.setdefault(f.name, f)
+        return fields
 
     def reward_configs(self, *, from_strings: bool = False) -> list[tuple[str, DecoderConfig | None, Any]]:
         """``(name, validated config, factory)`` of each chosen reward; ConfigError on a misfit setting."""
@@ -457,7 +438,7 @@ class RewardSettings(DecoderConfig):
         own = self.as_dict()
         extras = dict(self.reward_extras)
         for reward_name in self.reward:
-            config_cls, factory = type(self).reward_lookup(reward_name)
+            config_cls, factory = reward_lookup(self.components, reward_name)
             if config_cls is None:
                 resolved.append((reward_name, None, factory))
                 continue

@@ -1,10 +1,10 @@
 """The multi-row session a search decoder needs (beams, candidates, samples as rows of one batch).
 
 A session that implements ``select`` (transformers, toy models) is used as it is. A runtime whose main session
-holds one sequence (llama.cpp) puts a factory in ``ctx.extra["make_multi_session"]``: called with the number of
-rows the search needs and how many tokens past ``max_new_tokens`` a row may hold (DeAL's lookahead), as
-``factory(rows, extra_tokens)``, it returns ``(session, prompt_logits)`` holding the same prompts, one row each, able
-to grow to that many rows (llama.cpp: a second context whose sequences share the prompt in a unified KV cache).
+holds one sequence (llama.cpp) gives a factory in ``DecodeContext.open_rows``: called with the number of rows the
+search needs and how many tokens past ``max_new_tokens`` a row may hold (DeAL's lookahead), as
+``open_rows(rows, extra_tokens)``, it returns ``(session, prompt_logits)`` holding the same prompts, one row each,
+able to grow to that many rows (llama.cpp: a second context whose sequences share the prompt in a unified KV cache).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def search_session(ctx: DecodeContext, rows: int, decoder: str,
     """``(session, logits after each prompt)`` able to hold ``rows`` rows; a made session is closed on exit."""
     if ctx.max_new_tokens < 0:
         raise ConfigError(f"max_new_tokens={ctx.max_new_tokens} must be >= 0")
-    factory = ctx.extra.get("make_multi_session")
+    factory = ctx.open_rows
     if factory is not None:
         session, logits = factory(rows, extra_tokens)
         try:
@@ -45,7 +45,7 @@ def search_session(ctx: DecodeContext, rows: int, decoder: str,
     if not can_select(session):
         raise RuntimeAdapterError(
             f"decoder {decoder!r} needs {rows} sequences side by side, but the {ctx.runtime or 'runtime'} session "
-            f"{type(session).__name__} holds one and the adapter gave no ctx.extra['make_multi_session']"
+            f"{type(session).__name__} holds one and the adapter gave no DecodeContext.open_rows"
         )
     if session.batch_size != len(ctx.prompts):
         raise RuntimeAdapterError(

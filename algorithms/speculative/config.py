@@ -15,7 +15,8 @@ class SpeculativeSampling(SamplingConfig):
     The target distribution verified against is the one these settings describe.
     """
 
-    temperature: float = config_field(0.0, ge=0.0, help="softmax temperature; 0 (the default) is greedy")
+    temperature: float = config_field(0.0, ge=0.0, request=True,
+                                       help="softmax temperature; 0 (the default) is greedy")
     cost_aware: bool = config_field(True, help="greedy only: fit draft lengths to the measured cost of a forward")
 
 

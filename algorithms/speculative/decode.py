@@ -17,14 +17,17 @@ from typing import Any
 
 import torch
 
+from ... import kernels
 from ..contracts.config import SamplingConfig
 from ..contracts.decoder import DecodeContext, DecodeResult
-from ..contracts.errors import ConfigError
+from ..contracts.errors import ConfigError, ContextFull
 from ..contracts.session import ModelSession, has_tree_attention
 from ..sampling.warpers import warped_probs
 from .draft import Draft, Drafter
 from .schedule import DraftLengthController
-from .verify import Coins, SeededCoins, verify_chain, verify_chain_greedy, verify_tree
+from ..loop import processed, stops
+from .verify import (Coins, stream_seed, verify_chain, verify_chain_greedy, verify_chain_logits, verify_tree,
+                     verify_tree_seeded)
 
 
 def can_select(session: ModelSession) -> bool:
@@ -89,6 +92,41 @@ class _Logits:
         return full.gather(1, index.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
 
 
+def _view(seq: _Logits, starts: torch.Tensor, depth: int, width: int, active: list[bool]) -> torch.Tensor | None:
+    """``(rows, depth + 1, vocab)``: the logits at each row's draft positions and one more, as a view of the
+    forward's output (no copy), when every active row's draft starts at the same place after the block's first token
+    (one row, or rows with equal pending tokens); else None."""
+    first = {int(starts[b]) for b in range(len(active)) if active[b]}
+    if seq.out is None or len(first) != 1:
+        return None
+    s = first.pop()
+    return seq.out[:, s - 1: s + depth] if s >= 1 and s + depth <= width else None
+
+
+def _row_views(seq: _Logits, starts: torch.Tensor, lengths: torch.Tensor,
+               active: list[bool]) -> list[tuple[int, torch.Tensor]] | None:
+    """Each active row's ``(1, lengths[b] + 1, vocab)`` logits as a view of the forward's output; None when a row's
+    draft starts at the block's first token (its first logits are those before the block)."""
+    if seq.out is None or any(active[b] and int(starts[b]) < 1 for b in range(len(active))):
+        return None
+    return [(b, seq.out[b: b + 1, int(starts[b]) - 1: int(starts[b]) + int(lengths[b])])
+            for b in range(len(active)) if active[b]]
+
+
+def _targets(seq: _Logits, starts: torch.Tensor, depth: int, width: int) -> torch.Tensor:
+    """``(rows, depth + 1, vocab)``: each row's logits at its draft positions and one more (position ``starts[b] +
+    j`` of the sequence ``[prev, out_0, ...]``, clamped to the block), copied."""
+    rows = starts.shape[0]
+    index = (starts.unsqueeze(1) + torch.arange(depth + 1).unsqueeze(0)).clamp(max=width)
+    if seq.out is None:
+        return seq.prev.unsqueeze(1).expand(-1, depth + 1, -1)
+    picked = seq.out[torch.arange(rows).unsqueeze(1), (index - 1).clamp(min=0)]
+    at_prev = (index == 0).nonzero(as_tuple=True)
+    if at_prev[0].numel():
+        picked[at_prev] = seq.prev[at_prev[0]].to(picked.dtype)
+    return picked
+
+
 class _Step:
     """What one verification step decided for each row."""
 
@@ -118,7 +156,11 @@ class SpeculativeLoop:
         self.drafter = drafter
         self.sampling = sampling
         self.greedy = sampling.greedy
-        self.coins = coins if coins is not None else SeededCoins(sampling.seed)
+        #: coins a caller passes (exact enumeration) drive every verification through :class:`Coins`; by default
+        #: chains and trees are verified through the kernels' dispatcher, on the counter-based random streams of
+        #: ``seed`` keyed by (row, tokens generated so far)
+        self.coins = coins
+        self.seed = stream_seed(sampling.seed)
         self.eos = frozenset(ctx.eos_token_ids)
         self.pad = min(self.eos) if self.eos else 0
         self.tree_attention = drafter.tree and has_tree_attention(self.session)
@@ -129,15 +171,12 @@ class SpeculativeLoop:
         hint = getattr(self.session, "forward_cost", None)
         self.controller = None
         if cost_aware and self.greedy:
-            self.controller = DraftLengthController(self.session.batch_size)
+            self.controller = DraftLengthController(self.session.batch_size, prior_cost=hint)
         elif cost_aware and hint is not None:
             self.controller = DraftLengthController(self.session.batch_size, fixed_cost=hint)
-        #: a transform the adapter applies before sampling (transformers' repetition penalty, ...): applied to the
-        #: target's logits at every verified position, with that position's prefix
-        self.pre_transform = ctx.extra.get("pre_transform")
-        #: the user's stopping criteria: ``stop_check(row, generated) -> bool``
-        self.stop_check = ctx.extra.get("stop_check")
-        self.states: list[Any] = []
+        #: the runtime's own processors (transformers' repetition penalty, ...): applied to the target's logits at
+        #: every verified position, with that position's prefix
+        self.processors = ctx.processors
         self.generated: list[list[int]] = []
 
     # -- verification of one step ----------------------------------------------------------------------------------
@@ -170,31 +209,41 @@ class SpeculativeLoop:
         lengths = torch.tensor([len(d) if active[b] else 0 for b, d in enumerate(drafts)], dtype=torch.long)
         depth = int(lengths.max()) if rows else 0
         starts = torch.tensor([len(p) if active[b] else 0 for b, p in enumerate(pending)], dtype=torch.long)
-        index = (starts.unsqueeze(1) + torch.arange(depth + 1).unsqueeze(0)).clamp(max=width)
         draft_t = torch.zeros(rows, depth, dtype=torch.long)
         for b, d in enumerate(drafts):
             if active[b] and len(d):
                 draft_t[b, : len(d)] = torch.tensor(d.tokens, dtype=torch.long)
-        if self.greedy and self.pre_transform is None:
-            targets = seq.argmax().gather(1, index)
-            n, nxt = verify_chain_greedy(draft_t, lengths, targets)
-        elif self.greedy:
-            sel = self._transformed(seq.gather(index), drafts, active)
-            n, nxt = verify_chain_greedy(draft_t, lengths, sel.argmax(dim=-1))
+        offsets = torch.tensor([len(g) for g in self.generated], dtype=torch.long)
+        targets = _view(seq, starts, depth, width, active)
+        views = None
+        if targets is None and self.greedy and self.coins is None and self.processors is None:
+            # greedy rows whose drafts start at different places: an argmax per row on a view of the forward's
+            # output costs less than copying every row's logits first (sampling rows share one call on a copy)
+            views = _row_views(seq, starts, lengths, active)
+        if views is not None:
+            n = torch.zeros(rows, dtype=torch.long)
+            nxt = torch.zeros(rows, dtype=torch.long)
+            for b, view in views:
+                size = int(lengths[b])
+                n[b: b + 1], nxt[b: b + 1] = verify_chain_logits(
+                    view, draft_t[b: b + 1, :size], lengths[b: b + 1], None, self.sampling, seed=self.seed,
+                    offsets=offsets[b: b + 1], rows=torch.tensor([b]))
         else:
-            sel = seq.gather(index)
-            if self.pre_transform is not None:
-                sel = self._transformed(sel, drafts, active)
-            p = warped_probs(sel, self.sampling)
+            if targets is None:
+                targets = _targets(seq, starts, depth, width)
+            if self.processors is not None:
+                targets = self._transformed(targets, drafts, active)
             q = None
-            if not self.drafter.deterministic:
-                q = torch.zeros(rows, depth, sel.shape[-1], dtype=torch.float64)
-                for b, d in enumerate(drafts):
-                    if active[b] and len(d):
-                        if d.q is None:
-                            raise ConfigError(f"drafter {type(self.drafter).__name__} samples but gave no q")
-                        q[b, : len(d)] = d.q.to(torch.float64)
-            n, nxt = verify_chain(draft_t, lengths, p, q, self.coins)
+            if not self.greedy and not self.drafter.deterministic:
+                q = self._draft_probs(drafts, active, depth, targets.shape[-1],
+                                      torch.float32 if self.coins is None else torch.float64)
+            if self.coins is None:
+                n, nxt = verify_chain_logits(targets, draft_t, lengths, q, self.sampling, seed=self.seed,
+                                             offsets=offsets)
+            elif self.greedy:
+                n, nxt = verify_chain_greedy(draft_t, lengths, targets.argmax(dim=-1))
+            else:
+                n, nxt = verify_chain(draft_t, lengths, warped_probs(targets, self.sampling), q, self.coins)
         for b in range(rows):
             k = int(n[b])
             step.accepted_nodes[b] = list(range(k))
@@ -203,26 +252,48 @@ class SpeculativeLoop:
         return step
 
     def _transformed(self, sel: torch.Tensor, drafts: list[Draft], active: list[bool]) -> torch.Tensor:
-        """The adapter's pre-sampling transform on each row's logits at each draft position."""
-        transform = self.pre_transform
-        assert transform is not None
-        out = sel.clone()
+        """The runtime's processors on each row's logits at each draft position (one batched call)."""
+        where: list[tuple[int, int]] = []
+        histories: list[list[int]] = []
         for b, d in enumerate(drafts):
-            if not active[b]:
-                continue
-            for j in range(min(len(d), sel.shape[1] - 1) + 1):
-                out[b, j] = transform.apply(self.states[b], self.generated[b] + d.tokens[:j], sel[b, j])
+            if active[b]:
+                for j in range(min(len(d), sel.shape[1] - 1) + 1):
+                    where.append((b, j))
+                    histories.append(self.generated[b] + d.tokens[:j])
+        if not where:
+            return sel
+        out = sel.clone()
+        rows = torch.tensor([b for b, _ in where], dtype=torch.long)
+        cols = torch.tensor([j for _, j in where], dtype=torch.long)
+        out[rows, cols] = processed(self.ctx, [b for b, _ in where], histories, sel[rows, cols])
         return out
+
+    def _draft_probs(self, drafts: list[Draft], active: list[bool], depth: int, vocab: int,
+                     dtype: torch.dtype) -> torch.Tensor:
+        """``(rows, depth, vocab)``: the distribution each draft token was drawn from (zeros past a row's draft)."""
+        q = torch.zeros(len(drafts), depth, vocab, dtype=dtype)
+        for b, d in enumerate(drafts):
+            if active[b] and len(d):
+                if d.q is None:
+                    raise ConfigError(f"drafter {type(self.drafter).__name__} samples but gave no q")
+                q[b, : len(d)] = d.q
+        return q
 
     def _node_dist(self, row: int, draft: Draft, logits: torch.Tensor, node: int,
                    cache: dict[int, torch.Tensor]) -> torch.Tensor:
         """The target distribution (greedy: logits) after the path to ``node`` (-1: the root) of ``row``'s draft."""
         if node not in cache:
             vec = logits
-            if self.pre_transform is not None:
+            if self.processors is not None:
                 prefix = self.generated[row] + [draft.tokens[i] for i in _path_to(draft, node)]
-                vec = self.pre_transform.apply(self.states[row], prefix, vec)
-            cache[node] = vec if self.greedy else warped_probs(vec, self.sampling)
+                vec = processed(self.ctx, [row], [prefix], vec.unsqueeze(0))[0]
+            if self.greedy:
+                cache[node] = vec
+            elif self.coins is not None:
+                cache[node] = warped_probs(vec, self.sampling)
+            else:
+                s = self.sampling
+                cache[node] = kernels.warp_probs(vec.unsqueeze(0), s.temperature, s.top_k, s.top_p, s.min_p)[0]
         return cache[node]
 
     def _verify_tree(self, row: int, draft: Draft, logits_at) -> tuple[list[int], int]:
@@ -233,8 +304,15 @@ class SpeculativeLoop:
             vec = logits_at(node)
             return None if vec is None else self._node_dist(row, draft, vec, node, cache)
 
-        q = None if self.drafter.deterministic or draft.q is None else draft.q.to(torch.float64)
-        return verify_tree(draft.tokens, draft.node_parents(), q, dist_at, self.coins, self.greedy)
+        if not self.drafter.deterministic and draft.q is None:
+            raise ConfigError(f"drafter {type(self.drafter).__name__} samples its tree but gave no q: the tree "
+                              "cannot be verified losslessly without the distribution its nodes were drawn from")
+        if self.greedy or self.coins is not None:
+            q = None if self.drafter.deterministic else draft.q.to(torch.float64)  # type: ignore[union-attr]
+            return verify_tree(draft.tokens, draft.node_parents(), q, dist_at, self.coins, self.greedy)
+        q = None if self.drafter.deterministic else draft.q.to(torch.float32)  # type: ignore[union-attr]
+        return verify_tree_seeded(draft.tokens, draft.node_parents(), q, dist_at, seed=self.seed,
+                                  offset=len(self.generated[row]), row=row)
 
     def _tree_attention_step(self, prev: torch.Tensor, pending: list[list[int]], drafts: list[Draft],
                              active: list[bool]) -> _Step:
@@ -345,8 +423,6 @@ class SpeculativeLoop:
         self.drafter.start(prompts)
         generated: list[list[int]] = [[] for _ in range(rows)]
         self.generated = generated
-        if self.pre_transform is not None:
-            self.states = [self.pre_transform.start(p) for p in prompts]
         reasons: list[str | None] = [None if ctx.max_new_tokens > 0 else "length" for _ in range(rows)]
         pending: list[list[int]] = [[] for _ in range(rows)]
         prev = ctx.prompt_logits
@@ -367,12 +443,19 @@ class SpeculativeLoop:
             proposed = self.drafter.propose(contexts, limits)
             draft_seconds = time.perf_counter() - draft_started
             drafts = [clean_draft(proposed[b], limits[b], self.eos) if active[b] else Draft() for b in range(rows)]
+            if self.controller is not None:
+                for b in range(rows):
+                    if active[b] and proposed[b].fresh and not len(drafts[b]):
+                        self.controller.new_phase(b)  # the drafter found drafts again: draft from the next step
             step_started = time.perf_counter()
-            if self.use_trees and any(len(d) and not d.is_chain for d in drafts):
-                tree_step = self._tree_attention_step if self.tree_attention else self._tree_step
-                step = tree_step(prev, pending, drafts, active)
-            else:
-                step = self._chain_step(prev, pending, [_as_chain(d) for d in drafts], active)
+            try:
+                if self.use_trees and any(len(d) and not d.is_chain for d in drafts):
+                    tree_step = self._tree_attention_step if self.tree_attention else self._tree_step
+                    step = tree_step(prev, pending, drafts, active)
+                else:
+                    step = self._chain_step(prev, pending, [_as_chain(d) for d in drafts], active)
+            except ContextFull:
+                break  # no room for this step: the running rows end with "length" and their tokens so far
             steps += 1
             if self.controller is not None and step.width:
                 # the whole step (drafting, forward, verification) is what a longer or shorter draft trades against
@@ -388,14 +471,16 @@ class SpeculativeLoop:
                 if self.controller is not None:
                     self.controller.record_row(b, len(drafts[b]), len(step.accepted_nodes[b]))
                 emitted = step.accepted_tokens[b] + [step.next_tokens[b]]
+                if not emitted:  # every verification emits the target's own token: without it the loop cannot end
+                    raise RuntimeError(f"speculative step emitted no token for row {b}")
                 for i, token in enumerate(emitted):
                     if token in self.eos:
                         emitted = emitted[: i + 1]
                         reasons[b] = "stop"
                         break
-                if self.stop_check is not None:
+                if ctx.stopping is not None:
                     for i in range(len(emitted)):
-                        if self.stop_check(b, generated[b] + emitted[: i + 1]):
+                        if stops(ctx, b, generated[b] + emitted[: i + 1]):
                             emitted = emitted[: i + 1]
                             reasons[b] = "stop"
                             break
@@ -425,9 +510,6 @@ class SpeculativeLoop:
                 else:
                     pending[b] = []
         final = [r or "length" for r in reasons]
-        if self.pre_transform is not None:
-            for b in range(rows):
-                self.pre_transform.finish(self.states[b], generated[b], final[b])
         stats: dict[str, Any] = {
             "new_tokens": sum(len(g) for g in generated),
             "forward_passes": self.forward_passes,

@@ -19,11 +19,16 @@ class Draft:
     ``q[i]`` is the distribution node ``i``'s token was drawn from (float64, after the same temperature, top-k
     and top-p as the target), or ``q is None`` for a deterministic drafter: q is then the one-hot of each token.
     Sibling nodes of a sampled tree are independent draws. Children are tried in node order.
+
+    ``fresh`` says the drafter has just found a new source of drafts (IAD re-aligned with its input): a new phase
+    of the request, where drafting may pay again although it has not lately. A fresh draft may be empty (the row's
+    draft length was 0): the loop's draft-length controller then drafts from the next step.
     """
 
     tokens: list[int] = dataclasses.field(default_factory=list)
     parents: list[int] | None = None
     q: torch.Tensor | None = None
+    fresh: bool = False
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -42,7 +47,7 @@ class Draft:
             return self
         q = None if self.q is None else self.q[:length]
         parents = None if self.parents is None else self.parents[:length]
-        return Draft(self.tokens[:length], parents, q)
+        return Draft(self.tokens[:length], parents, q, self.fresh)
 
     def paths(self) -> list[list[int]]:
         """Root-to-leaf node paths, the first-child chain first."""

@@ -1,6 +1,6 @@
 """Drafting with a second, smaller model that shares the target's vocabulary (Leviathan et al. 2023).
 
-The draft model runs in a model session of its own (``DecodeContext.extra["draft_session"]``, holding the same
+The draft model runs in a model session of its own (``DecodeContext.draft_session``, holding the same
 prompts). Under sampling, each draft token is drawn from ``q``: the draft model's distribution after the *same*
 temperature, top-k and top-p as the target's, and that very ``q`` is reported for verification (reporting the
 unwarped softmax instead is the bug behind transformers issues 32867 and 47932).

@@ -47,6 +47,7 @@ class ScriptedCoins(Coins):
     def choose(self, probs: torch.Tensor) -> torch.Tensor:
         picks = []
         for row in probs.to(torch.float64):
+            row = row / row.sum()  # as the real draw (``categorical``) reads its row: proportionally
             options = [(i, float(v)) for i, v in enumerate(row.tolist()) if v > 0]
             picks.append(self._decide(options))
         return torch.tensor(picks, dtype=torch.long)

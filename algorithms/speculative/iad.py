@@ -89,9 +89,11 @@ class IADDrafter(Drafter):
     #: the fallback pays where a further token in a verified block costs less than this share of a forward
     CHEAP_BLOCK_TOKEN = 0.2
 
-    def __init__(self, config: IADConfig, tokenizer: Any = None, block_token_cost: float | None = None):
+    def __init__(self, config: IADConfig, tokenizer: Any = None, block_token_cost: float | None = None,
+                 sources: Sequence[Sequence[int]] | None = None):
         """``block_token_cost``: what one more token in a verified block costs, as a share of a forward pass (the
-        session's ``forward_cost`` hint); it decides ``fallback=None``."""
+        session's ``forward_cost`` hint); it decides ``fallback=None``. ``sources`` gives each row its own input span
+        (predicted outputs: each request's prediction); it wins over ``source``/``source_ids`` and the prompt."""
         self.config = config
         self.fallback = (config.fallback if config.fallback is not None
                          else block_token_cost is not None and block_token_cost < self.CHEAP_BLOCK_TOKEN)
@@ -103,11 +105,13 @@ class IADDrafter(Drafter):
             if not self.fixed_source:
                 raise ConfigError(f"iad: the input span source={config.source!r} encodes to no tokens")
         self.rows: list[_Alignment] = []
+        self.sources = None if sources is None else [[int(t) for t in s] for s in sources]
 
     def start(self, prompts: Sequence[Sequence[int]]) -> None:
         self.rows = []
-        for prompt in prompts:
-            span = self.fixed_source if self.fixed_source is not None else [int(t) for t in prompt]
+        for row, prompt in enumerate(prompts):
+            own = self.sources[row] if self.sources is not None and row < len(self.sources) else None
+            span = own if own else (self.fixed_source if self.fixed_source is not None else [int(t) for t in prompt])
             if not span:
                 raise ConfigError("iad: the input span is empty (empty prompt and no source); nothing to copy")
             self.rows.append(_Alignment(
@@ -115,7 +119,7 @@ class IADDrafter(Drafter):
                 prompt_length=len(prompt),
                 # a given source is what the output starts from; a prompt holds instructions first, so wait for
                 # the generated text to point at its position
-                position=0 if self.fixed_source is not None else None,
+                position=0 if own or self.fixed_source is not None else None,
                 seen=len(prompt),
                 cap=self.config.max_draft_tokens,
             ))
@@ -157,18 +161,20 @@ class IADDrafter(Drafter):
                 else:
                     state.anchor = state.position
                     state.position = None
+            fresh = False
             if state.position is None and len(context) > state.prompt_length:
                 generated = np.asarray(context[state.prompt_length:], dtype=np.int64)
                 state.position = self._realign(state, generated)
+                fresh = state.position is not None
             state.seen = len(context)
             state.from_input = state.position is not None
             want = min(limit, state.cap)
             if state.position is not None and want > 0:
-                out.append(Draft(state.source[state.position: state.position + want].tolist()))
+                out.append(Draft(state.source[state.position: state.position + want].tolist(), fresh=fresh))
             elif self.fallback and limit > 0:
-                out.append(Draft(self._lookup(state, context, min(limit, self.config.fallback_tokens))))
+                out.append(Draft(self._lookup(state, context, min(limit, self.config.fallback_tokens)), fresh=fresh))
             else:
-                out.append(Draft())
+                out.append(Draft(fresh=fresh))
         return out
 
     def _lookup(self, state: _Alignment, context: Sequence[int], length: int) -> list[int]:

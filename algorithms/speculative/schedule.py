@@ -2,8 +2,8 @@
 
 Verifying ``k`` draft tokens yields ``E(k) = (1 - a^(k+1)) / (1 - a)`` tokens per target forward for a per-token
 acceptance ``a`` (Leviathan et al. 2023), and a forward over ``w`` tokens costs about ``c0 + c1 * w + cb * (w > 1)``:
-``cb`` is the one-off price of leaving the one-token path (llama.cpp, Q4_1, 2 threads: 1 token 9.2 ms, 2 tokens
-16.6 ms, then about 3.4 ms per token; a linear model would make short drafts look cheap). On a GPU
+``cb`` is the one-off price of leaving the one-token path (on a CPU a second token can cost most of a first one;
+a linear model would make short drafts look cheap). On a GPU
 ``c1`` is near 0 and long drafts are free; on a CPU it is not (llama.cpp's quantised kernels cost nearly as much
 per token in a batch as alone), so the best ``k`` differs by runtime and machine. This controller fits ``c0`` and
 ``c1`` to the forwards it has timed and picks the ``k`` that minimises the time per emitted token. It depends on
@@ -36,24 +36,41 @@ def block_token_share(model: tuple[float, ...] | None) -> float | None:
     return (cost_of(model, 2) - one) / one if one > 0 else None
 
 
+def _as_cost(model: tuple[float, ...] | None) -> Cost | None:
+    if model is None:
+        return None
+    return float(model[0]), float(model[1]), float(model[2]) if len(model) > 2 else 0.0
+
+
 class DraftLengthController:
     """Per-row draft length from a cost model ``c0 + c1 * width + cb * (width > 1)`` and an acceptance estimate per
     row."""
 
-    #: draft lengths tried, in turn, until the cost model can be fitted
-    PROBES = (8, 2, 16, 4)
+    #: the draft length tried before the cost of a forward is known (no timings fitted, no hint): short, so that a
+    #: runtime where drafting cannot pay loses little while the first forwards are timed
+    COLD_DRAFT = 2
+    #: what probing a row that does not draft may cost, as a share of its plain steps (the "never slower" budget)
+    PROBE_SHARE = 0.03
 
     def __init__(self, rows: int, history: int = 48, prior_acceptance: float = 0.8, decay: float = 0.8,
-                 probe_every: int = 8, fixed_cost: tuple[float, ...] | None = None):
+                 probe_every: int = 8, fixed_cost: tuple[float, ...] | None = None,
+                 prior_cost: tuple[float, ...] | None = None):
         self.samples: deque[tuple[int, float]] = deque(maxlen=history)
         #: ``(c0, c1)`` or ``(c0, c1, cb)`` used instead of timings (deterministic draft lengths)
-        self.fixed_cost: Cost | None = None
-        if fixed_cost is not None:
-            self.fixed_cost = (float(fixed_cost[0]), float(fixed_cost[1]),
-                               float(fixed_cost[2]) if len(fixed_cost) > 2 else 0.0)
-        #: after this many steps without drafting, a row drafts again to re-measure its acceptance
+        self.fixed_cost: Cost | None = _as_cost(fixed_cost)
+        #: the session's cost hint, used until timed forwards can be fitted
+        self.prior_cost: Cost | None = _as_cost(prior_cost)
+        self.prior_acceptance = prior_acceptance
+        #: after this many steps without drafting, a row drafts again to re-measure its acceptance; the wait doubles
+        #: after each probe that was not worth it
         self.probe_every = probe_every
         self.idle = [0] * rows
+        self.wait = [probe_every] * rows
+        self.probing = [False] * rows
+        #: what a row not drafting may spend on probes, in units of plain steps: each plain step adds
+        #: ``PROBE_SHARE``, each probe pays what it costs beyond a plain step; so probing never costs more than
+        #: ``PROBE_SHARE`` of the plain steps, whatever triggers it (the wait, or a fresh draft)
+        self.bank = [0.0] * rows
         self.decay = decay
         # acceptance as a decayed ratio of accepted tokens to acceptance trials (accepted + first rejection)
         self.hits = [4.0 * prior_acceptance] * rows
@@ -63,9 +80,21 @@ class DraftLengthController:
         if self.fixed_cost is None:
             self.samples.append((width, seconds))
 
+    def new_phase(self, row: int) -> None:
+        """The drafter found a new source of drafts for ``row`` (a fresh draft): probe it at the next step, as soon
+        as the probing budget allows (a drafter that re-aligns on noise cannot make the row draft at a loss)."""
+        self.idle[row] = max(self.idle[row], self.wait[row] - 1)
+
     def record_row(self, row: int, drafted: int, accepted: int) -> None:
         if drafted == 0:
             return
+        if self.probing[row]:  # a probe: drafting is back in phase when most of it was accepted
+            self.probing[row] = False
+            if 2 * accepted >= drafted:  # a new phase: forget the old acceptance, draft again
+                self.wait[row] = self.probe_every
+                self.hits[row], self.trials[row] = 4.0 * self.prior_acceptance, 4.0
+                return
+            self.wait[row] = 2 * self.wait[row]
         rejected = 1 if accepted < drafted else 0
         self.hits[row] = self.decay * self.hits[row] + accepted
         self.trials[row] = self.decay * self.trials[row] + accepted + rejected
@@ -79,11 +108,11 @@ class DraftLengthController:
         if self.fixed_cost is not None:
             return self.fixed_cost
         if len(self.samples) < 4:
-            return None
+            return self.prior_cost
         widths = np.array([w for w, _ in self.samples], dtype=np.float64)
         times = np.array([t for _, t in self.samples], dtype=np.float64)
         if np.ptp(widths) <= 0:
-            return None
+            return self.prior_cost
         multi = widths > 1
         if multi.any() and (~multi).any() and np.unique(widths[multi]).size >= 2:
             design = np.stack([np.ones_like(widths), widths, multi.astype(np.float64)], axis=1)
@@ -107,8 +136,9 @@ class DraftLengthController:
             return cap
         model = self.cost_model()
         if model is None:
-            # not fitted yet: probe a few different widths rather than paying for the drafter's longest draft
-            return min(cap, self.PROBES[len(self.samples) % len(self.PROBES)])
+            # nothing known of the cost yet: short drafts while they are accepted, plain steps otherwise, which also
+            # gives the fit its two widths
+            return min(cap, self.COLD_DRAFT) if self.acceptance(row) >= 0.5 else 0
         a = self.acceptance(row)
         best, best_time = 0, cost_of(model, pending)
         expected = 1.0
@@ -121,13 +151,25 @@ class DraftLengthController:
                 best, best_time = k, per_token
         if best == 0:
             self.idle[row] += 1
-            if self.idle[row] >= self.probe_every:
-                self.idle[row] = 0
-                budget = 3.0 * cost_of(model, pending)
-                probe = 1
-                while probe < cap and cost_of(model, pending + probe + 1) <= budget + 1e-12:
-                    probe += 1
-                return probe
+            self.bank[row] = min(self.bank[row] + self.PROBE_SHARE, 4.0)
+            if self.idle[row] >= self.wait[row]:
+                return self._probe(row, model, cap, pending)
         else:
             self.idle[row] = 0
+            self.wait[row] = self.probe_every
         return best
+
+    def _probe(self, row: int, model: Cost, cap: int, pending: int) -> int:
+        """A draft for a row that has stopped drafting, to notice a new phase (IAD re-aligned with its input): as
+        many tokens as the probing budget allows (``PROBE_SHARE`` of the steps waited, at least one token)."""
+        plain = cost_of(model, pending)
+        budget = plain * (1.0 + self.bank[row])
+        if cost_of(model, pending + 1) > budget + 1e-12:
+            return 0  # even one draft token is over budget: keep waiting while the budget grows
+        probe = 1
+        while probe < cap and cost_of(model, pending + probe + 1) <= budget + 1e-12:
+            probe += 1
+        self.bank[row] -= (cost_of(model, pending + probe) - plain) / plain
+        self.idle[row] = 0
+        self.probing[row] = True
+        return probe

@@ -3,18 +3,32 @@ sampling, Miao et al. 2024), greedy and stochastic.
 
 The target distribution ``p`` is what the user's sampler draws from (temperature, top-k, top-p applied to the
 target's logits); ``q`` is exactly the distribution each draft token was drawn from, or ``None`` for a
-deterministic drafter (q is then the one-hot of the drafted token). Randomness comes from a :class:`Coins` object,
-so a test can replace it by one that enumerates every outcome with its probability (``exact.enumerate_outcomes``).
+deterministic drafter (q is then the one-hot of the drafted token).
+
+Two sources of randomness, one rule:
+
+* :func:`verify_chain_logits` (what the decoding loop calls) takes the target's *raw* logits and hands the batch to
+  the kernels' dispatcher (``anydecode.kernels.verify_chain``: warping, coins and the corrected or bonus token in
+  one call, a Triton kernel on CUDA, the torch reference elsewhere). Its random numbers come from the kernels'
+  counter-based generator, keyed by (seed, row, tokens generated so far), so a seeded run repeats on any device.
+* :func:`verify_chain` and :func:`verify_tree` take the target distribution and a :class:`Coins` object, so a test
+  can replace the coins by ones that enumerate every outcome with its probability (``exact.enumerate_outcomes``).
 """
 
 from __future__ import annotations
 
 import abc
+import secrets
 from collections.abc import Callable, Sequence
 
 import torch
 
+from ... import kernels
+from ..contracts.config import SamplingConfig
 from ..sampling.select import categorical, make_generator
+
+#: seeds of the kernels' random streams are 63-bit (int64)
+SEED_BITS = 63
 
 
 class Coins(abc.ABC):
@@ -120,6 +134,33 @@ def verify_chain(draft: torch.Tensor, lengths: torch.Tensor, p: torch.Tensor, q:
     return n, coins.choose(final)
 
 
+def stream_seed(seed: int | None) -> int:
+    """The seed of the kernels' random streams for a sampling ``seed``: the seed itself (folded into 63 bits), or a
+    fresh random one when None (an unseeded run)."""
+    if seed is None:
+        return secrets.randbits(SEED_BITS)
+    return int(seed) % (1 << SEED_BITS)
+
+
+def verify_chain_logits(target_logits: torch.Tensor, draft: torch.Tensor, lengths: torch.Tensor,
+                        q: torch.Tensor | None, sampling: SamplingConfig, *, seed: int,
+                        offsets: torch.Tensor, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chain verification of a batch from the target's raw logits, through the kernels' dispatcher.
+
+    ``target_logits`` ``(batch, D + 1, vocab)``: the target's logits (after the runtime's processors, before the
+    sampling warpers) at each draft position and after the last one; ``q`` ``(batch, D, vocab)`` the drafter's
+    probabilities or None for deterministic drafts; ``offsets`` ``(batch,)`` the tokens each row has generated so far
+    (the position of its first draft), ``rows`` each row's identity in the random streams (default: its index).
+    Same rule as :func:`verify_chain` with ``p`` the warp of ``sampling``; greedy settings keep drafts while they
+    equal the target's argmax. Returns ``(accepted, next_token)``.
+    """
+    if sampling.greedy:
+        return kernels.verify_chain_greedy(target_logits, draft, lengths)
+    return kernels.verify_chain(target_logits, draft, q, seeds=seed, offsets=offsets, lengths=lengths,
+                                temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
+                                min_p=sampling.min_p, rows=rows)
+
+
 #: the distribution (or, when greedy, the logits) after a tree node; node ``-1`` is the root (the last committed
 #: token). None where the node was not evaluated: verification then stops at it.
 NodeDistribution = Callable[[int], "torch.Tensor | None"]
@@ -131,6 +172,33 @@ def children_of(parents: Sequence[int]) -> dict[int, list[int]]:
     for node, parent in enumerate(parents):
         kids.setdefault(parent, []).append(node)
     return kids
+
+
+#: one node of a tree walk: ``(depth, distribution at the node, its children in drafting order)`` to ``(accepted
+#: child or None, the next token when no child is accepted)``
+NodeStep = Callable[[int, torch.Tensor, list[int]], "tuple[int | None, int]"]
+
+
+def walk_tree(tokens: Sequence[int], parents: Sequence[int], dist_at: NodeDistribution,
+              step: NodeStep) -> tuple[list[int], int]:
+    """Descend a draft tree from the root, letting ``step`` decide at each node; return the accepted nodes (a
+    root-to-node path) and the next token. An accepted child whose distribution was not evaluated becomes the next
+    token; at a leaf the next node has no children and ``step`` draws the bonus token."""
+    kids = children_of(parents)
+    path: list[int] = []
+    node = -1
+    cur = dist_at(node)
+    if cur is None:
+        raise ValueError("the target distribution at the tree root is required")
+    while True:
+        chosen, token = step(len(path), cur, kids.get(node, []))
+        if chosen is None:
+            return path, token
+        following = dist_at(chosen)
+        if following is None:
+            return path, int(tokens[chosen])
+        path.append(chosen)
+        node, cur = chosen, following
 
 
 def verify_tree(tokens: Sequence[int], parents: Sequence[int], q: torch.Tensor | None,
@@ -145,37 +213,41 @@ def verify_tree(tokens: Sequence[int], parents: Sequence[int], q: torch.Tensor |
     independently), or None for deterministic drafts (one-hot). Greedy: descend while a child equals the target's
     argmax. An accepted child whose distribution was not evaluated becomes the next token.
     """
-    kids = children_of(parents)
-    path: list[int] = []
-    node = -1
-    cur = dist_at(node)
-    if cur is None:
-        raise ValueError("the target distribution at the tree root is required")
-    while True:
-        options = kids.get(node, [])
-        if greedy:
-            target = int(torch.argmax(cur))
-            chosen = next((c for c in options if tokens[c] == target), None)
-            if chosen is None:
-                return path, target
-        else:
-            assert coins is not None
-            chosen = None
-            for child in options:
-                x = int(tokens[child])
-                q_child = None if q is None else q[child]
-                prob = acceptance_probability(cur[x], None if q_child is None else q_child[x])
-                if bool(coins.accept(prob)):
-                    chosen = child
-                    break
-                if q_child is None:
-                    q_child = torch.nn.functional.one_hot(torch.tensor(x), cur.shape[-1]).to(cur.dtype)
-                cur = residual_distribution(cur, q_child)
-            if chosen is None:
-                return path, int(coins.choose(cur.unsqueeze(0))[0])
-        following = dist_at(chosen)
-        if following is None:
-            return path, int(tokens[chosen])
-        path.append(chosen)
-        # at a leaf the next pass of the loop finds no children and draws the bonus token from ``following``
-        node, cur = chosen, following
+    if greedy:
+        return walk_tree(tokens, parents, dist_at, lambda depth, cur, options: _greedy_node(tokens, cur, options))
+    assert coins is not None
+
+    def step(depth: int, cur: torch.Tensor, options: list[int]) -> tuple[int | None, int]:
+        for child in options:
+            x = int(tokens[child])
+            q_child = None if q is None else q[child]
+            prob = acceptance_probability(cur[x], None if q_child is None else q_child[x])
+            if bool(coins.accept(prob)):
+                return child, x
+            if q_child is None:
+                q_child = torch.nn.functional.one_hot(torch.tensor(x), cur.shape[-1]).to(cur.dtype)
+            cur = residual_distribution(cur, q_child)
+        return None, int(coins.choose(cur.unsqueeze(0))[0])
+
+    return walk_tree(tokens, parents, dist_at, step)
+
+
+def verify_tree_seeded(tokens: Sequence[int], parents: Sequence[int], q: torch.Tensor | None,
+                       dist_at: NodeDistribution, *, seed: int, offset: int, row: int) -> tuple[list[int], int]:
+    """:func:`verify_tree` (stochastic) through the kernels' dispatcher: one ``kernels.verify_tree_node`` call per
+    node, on the random stream ``(seed, row, offset + depth)``; ``dist_at`` gives float probabilities."""
+
+    def step(depth: int, cur: torch.Tensor, options: list[int]) -> tuple[int | None, int]:
+        children = torch.tensor([[int(tokens[c]) for c in options]], dtype=torch.long)
+        q_children = None if q is None or not options else q[options].unsqueeze(0)
+        child, token = kernels.verify_tree_node(cur.unsqueeze(0), children, q_children, seeds=seed,
+                                                positions=offset + depth, rows=row)
+        s = int(child[0])
+        return (options[s] if s >= 0 else None), int(token[0])
+
+    return walk_tree(tokens, parents, dist_at, step)
+
+
+def _greedy_node(tokens: Sequence[int], cur: torch.Tensor, options: list[int]) -> tuple[int | None, int]:
+    target = int(torch.argmax(cur))
+    return next((c for c in options if tokens[c] == target), None), target

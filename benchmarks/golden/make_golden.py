@@ -5,7 +5,7 @@ transformers 5 moved group (diverse) beam search out of its core, so the referen
 ignored by git), installs torch and transformers 4.x there, and runs ``record_tx4.py`` in it on the tiny
 random-weight Llama (``tiny_llama.py``) and on the embedded GGUF model. Run from the repository root:
 
-    python benchmarks/golden/make_golden.py            # writes tests/data/dbs_golden_tx4.json
+    python benchmarks/golden/make_golden.py            # writes conformance/data/dbs_golden_tx4.json
 
 The unit test ``tests/unit/test_search_golden.py`` and the integration test ``tests/integration/test_search_hf.py``
 check that ``dbs`` reproduces the recorded outputs token for token, with scores within 1e-4.
@@ -43,7 +43,7 @@ def ensure_venv() -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(ROOT / "tests" / "data" / "dbs_golden_tx4.json"))
+    parser.add_argument("--out", default=str(ROOT / "conformance" / "data" / "dbs_golden_tx4.json"))
     parser.add_argument("--gguf", default=None, help="GGUF model file (default: the embedded SmolLM2)")
     args = parser.parse_args()
     gguf = args.gguf

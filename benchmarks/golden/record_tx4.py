@@ -18,7 +18,7 @@ import torch
 import transformers
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tiny_llama import build_tiny_llama
+from tiny_llama import build_tiny_llama  # conformance/tiny_llama.py, copied beside this script in the 4.x env
 
 TINY_CASES = [
     {"prompt": [5, 17, 42, 9], "max_new_tokens": 12, "num_beams": 4, "num_beam_groups": 2, "diversity_penalty": 0.5,

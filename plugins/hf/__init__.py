@@ -1,4 +1,5 @@
-"""transformers adapter: ``custom_generate=anydecode.plugins.hf.generate`` and ``logits_processor(...)``.
+"""transformers adapter: ``custom_generate=anydecode.plugins.hf.generate``, ``logits_processor(...)`` and the
+``hf`` runtime.
 
 ``import anydecode.plugins.hf`` imports transformers lazily: ``generate`` declares the settings of every
 registered decoder when first used by ``model.generate``.
@@ -8,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from anydecode.algorithms.contracts.errors import RuntimeAdapterError
-
-from .generate import generate, refresh_signature, run_decoder
+from .generate import generate, open_context, refresh_signature
 from .processors import make_logits_processor as logits_processor
+from .runtime import HFModel, HFRuntime
 from .session import HFSession
+from .tokenizer import HFTokenizer
 
 
 def load_default(progress: Any = None) -> tuple[Any, Any]:
@@ -21,10 +22,5 @@ def load_default(progress: Any = None) -> tuple[Any, Any]:
 
     return load_hf(progress=progress)
 
-
-try:
-    refresh_signature()
-except RuntimeAdapterError:  # transformers is missing: generate() says so when called
-    pass
-
-__all__ = ["HFSession", "generate", "load_default", "logits_processor", "refresh_signature", "run_decoder"]
+__all__ = ["HFModel", "HFRuntime", "HFSession", "HFTokenizer", "generate", "load_default", "logits_processor",
+           "open_context", "refresh_signature"]

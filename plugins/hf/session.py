@@ -33,6 +33,8 @@ class HFSession(ModelSession):
         self._mask: torch.Tensor | None = None  # (B, length) 1 = real token; None when there is no padding
         self.forward_passes = 0
         self.device = next(model.parameters()).device
+        positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        self.capacity = int(positions) if isinstance(positions, int) and positions > 0 else None
         # on CPU, fp32 linear layers run through oneDNN (kernels/cpu_linear.py), which verifies a block of tokens
         # at little more than one token's cost; None = wherever it is available, False = transformers' own path
         self.fast_linear = fast_linear is not False and self.device.type == "cpu" and cpu_linear.available()

@@ -9,7 +9,7 @@ sequence id, so a shared prefix is stored and computed once) and prunes them wit
 ``truncate`` removes every sequence's positions past a length. The context is kept on the ``Llama`` and reused
 by later searches that fit in it.
 
-Adapters hand search decoders a factory: ``ctx.extra["make_multi_session"] = multi_session_factory(llm, prompts,
+The adapter hands search decoders a factory, ``DecodeContext.open_rows = multi_session_factory(llm, prompts,
 max_new_tokens)``; a decoder calls it with the number of rows it needs.
 """
 
@@ -201,7 +201,7 @@ class MultiSequenceSession(TokenRowsSession):
 
 def multi_session_factory(llm: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int
                           ) -> Callable[..., tuple[MultiSequenceSession, torch.Tensor]]:
-    """``make(rows, extra_tokens=0) -> (session, logits after each prompt)`` for ``ctx.extra``.
+    """``make(rows, extra_tokens=0) -> (session, logits after each prompt)`` for ``DecodeContext.open_rows``.
 
     The context is sized for the worst case of no sharing beyond the prompt:
     ``longest prompt + rows * (max_new_tokens + extra_tokens + 1)`` cells.

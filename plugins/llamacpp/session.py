@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from anydecode.algorithms.contracts.errors import RuntimeAdapterError
+from anydecode.algorithms.contracts.errors import ContextFull, RuntimeAdapterError
 from anydecode.algorithms.contracts.session import ModelSession, as_token_block
 
 from ._runtime import check_llama, import_llama_cpp
@@ -31,6 +31,9 @@ class LlamaSession(ModelSession):
         self._lib = import_llama_cpp()
         self.vocab_size = int(llm.n_vocab())
         self.eos_token_ids = frozenset({int(llm.token_eos())})
+        # the context's cells, or llama-cpp-python's token buffer where it is shorter: a Llama built with
+        # n_ctx=64 gets 256 cells from llama.cpp but an input_ids buffer of 64
+        self.capacity = min(int(llm.n_ctx()), int(len(llm.input_ids)))
         self.prompt_length = 0
         self.forward_passes = 0
 
@@ -50,8 +53,9 @@ class LlamaSession(ModelSession):
         prompt = [int(t) for t in prompt]
         if not prompt:
             raise RuntimeAdapterError("the prompt is empty: llama.cpp needs at least one token")
-        if len(prompt) >= self.llm.n_ctx():
-            raise RuntimeAdapterError(f"prompt of {len(prompt)} tokens does not fit n_ctx={self.llm.n_ctx()}")
+        if len(prompt) >= self.capacity:
+            raise RuntimeAdapterError(f"prompt of {len(prompt)} tokens does not fit the context of {self.capacity} "
+                                      "tokens (n_ctx): shorten it or load the model with a larger n_ctx")
         held = self.llm.input_ids[: self.llm.n_tokens]
         keep = 0
         for a, b in zip(held, prompt[:-1]):
@@ -64,17 +68,15 @@ class LlamaSession(ModelSession):
 
     def append(self, tokens: torch.Tensor | Sequence[Sequence[int]]) -> torch.Tensor:
         block = as_token_block(tokens, 1)[0].tolist()
-        if self.llm.n_tokens + len(block) > self.llm.n_ctx():
-            raise RuntimeAdapterError(
-                f"context full: {self.llm.n_tokens} + {len(block)} tokens exceed n_ctx={self.llm.n_ctx()}"
-            )
+        if self.llm.n_tokens + len(block) > self.capacity:
+            raise ContextFull(f"context full: {self.llm.n_tokens} + {len(block)} tokens exceed {self.capacity}")
         logits = self._decode(block, all_logits=len(block) > 1)
         return logits.unsqueeze(0)
 
     def step(self, tokens: Sequence[int]) -> torch.Tensor:
         (token,) = tokens
-        if self.llm.n_tokens + 1 > self.llm.n_ctx():
-            raise RuntimeAdapterError(f"context full: n_ctx={self.llm.n_ctx()} tokens")
+        if self.llm.n_tokens + 1 > self.capacity:
+            raise ContextFull(f"context full: {self.capacity} tokens")
         return self._decode([int(token)], all_logits=False)
 
     def truncate(self, length: int) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +33,10 @@ def detokenize(llm: Any, ids: Sequence[int], special: bool = True) -> bytes:
     return b"".join(token_bytes(llm, t, special) for t in ids)
 
 
+_vocabularies: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_vocab_lock = threading.Lock()
+
+
 class LlamaTokenizer:
     """A tokenizer-like view of a ``Llama`` (``encode``/``decode``/``eos_token_id``) for cores and rewards."""
 
@@ -50,6 +56,16 @@ class LlamaTokenizer:
 
     def token_bytes(self, token_id: int) -> bytes:
         return token_bytes(self.llm, token_id, special=True)
+
+    def grammar_vocabulary(self) -> Any:
+        """The bytes of every token id (built once per ``Llama``)."""
+        from anydecode.algorithms.grammar.tokenizers import from_llama
+
+        with _vocab_lock:
+            vocab = _vocabularies.get(self.llm)
+            if vocab is None:
+                vocab = _vocabularies[self.llm] = from_llama(self.llm)
+            return vocab
 
 
 def chat_prompt(llm: Any, prompt: str, system: str | None = None) -> str:

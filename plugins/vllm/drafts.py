@@ -76,11 +76,11 @@ def drafter_factory(name: str, settings: Mapping[str, Any] | None = None, *, voc
 
     def make() -> Drafter:
         if "ctx" not in shared:
-            # one context for all requests: drafters that learn across requests (ADED's tri-gram table) key their
-            # shared state on ctx.extra["model"], which lives as long as this factory
+            # one context for all requests: drafters that learn across requests (ADED's tri-gram table, suffix
+            # corpora) key their shared state on ctx.owner, which lives as long as this factory
             shared["ctx"] = DecodeContext(vocab_size=vocab_size, runtime="vllm", max_new_tokens=0,
                                           tokenizer=tokenizer() if needs_tokenizer and tokenizer else None,
-                                          extra={"model": _SharedOwner()})
+                                          owner=_SharedOwner())
         return spec.factory(config, None, shared["ctx"])
 
     make()
@@ -114,8 +114,8 @@ def split_settings(section: Mapping[str, Any], drafter: str | None = None) -> tu
 
 
 class _SharedOwner:
-    """Stands for the model in ``DecodeContext.extra["model"]``: state a drafter keeps per model (ADED's
-    tri-gram table, weakly keyed) lives as long as this proposer."""
+    """Stands for the model in ``DecodeContext.owner``: state a drafter keeps per model (ADED's tri-gram table,
+    weakly keyed) lives as long as this proposer."""
 
 
 @dataclasses.dataclass

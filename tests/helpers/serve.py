@@ -21,8 +21,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def anydecode_serve(log_dir: Path, args: Sequence[str], timeout_s: float = 600) -> Iterator[tuple[Any, str, Any]]:
-    """``anydecode serve ARGS`` on a free port; yields ``(openai client, base url, process)`` once /health answers."""
+def anydecode_serve(log_dir: Path, args: Sequence[str], timeout_s: float = 600, *, cwd: Path | None = None,
+                    env: dict[str, str] | None = None) -> Iterator[tuple[Any, str, Any]]:
+    """``anydecode serve ARGS`` on a free port; yields ``(openai client, base url, process)`` once /health answers.
+
+    ``cwd``: the server's working folder (default: this process's); ``env``: variables added to its environment."""
     import openai
 
     port = free_port()
@@ -30,8 +33,9 @@ def anydecode_serve(log_dir: Path, args: Sequence[str], timeout_s: float = 600) 
     proc = subprocess.Popen([sys.executable, "-m", "anydecode.cli", "serve", *args, "--host", "127.0.0.1",
                              "--port", str(port), "--max-model-len", "1024", "--max-num-seqs", "8",
                              "--enforce-eager", "--served-model-name", "smol"],
-                            stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_SERVER_DEV_MODE": "1"})
+                            stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
+                            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_SERVER_DEV_MODE": "1",
+                                 **(env or {})})
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + timeout_s
     try:

@@ -6,12 +6,13 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from anydecode.workloads import FOLDER
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_bench_script_reports_both_ratios_and_identical_greedy_output(tmp_path):
-    lines = [json.loads(x) for x in (ROOT / "benchmarks" / "workloads" / "editing.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (FOLDER / "editing.jsonl").read_text().splitlines()]
     workload = tmp_path / "two.jsonl"
     workload.write_text("\n".join(json.dumps(line | {"max_new_tokens": 24}) for line in lines[:2]) + "\n")
     out = tmp_path / "results"

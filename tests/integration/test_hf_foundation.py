@@ -74,7 +74,9 @@ def test_sampling_matches_the_target_distribution_statistically(model_and_tokeni
     from anydecode.conformance.stats import chi_square_test, sample_size_for_tv
 
     model, tok = model_and_tokenizer
-    sampler = RuntimeSampler("hf", model, tok)
+    from anydecode.plugins.hf import HFModel
+
+    sampler = RuntimeSampler("hf", HFModel(model, tok, "embedded"))
     kwargs = dict(temperature=1.5, top_k=8, top_p=0.7)
     expected, planted = sampler.two_token_targets("The weather today is", kwargs)
     samples = sampler.draw("The weather today is", kwargs, sample_size_for_tv(0.12, len(expected)))

@@ -1,6 +1,6 @@
 """Search decoders in transformers on the embedded model, through ``custom_generate=anydecode.plugins.hf.generate``.
 
-``dbs`` must reproduce the transformers 4.x group beam search outputs recorded in ``tests/data/dbs_golden_tx4.json``
+``dbs`` must reproduce the transformers 4.x group beam search outputs recorded in ``conformance/data/dbs_golden_tx4.json``
 (``benchmarks/golden/make_golden.py``) token for token with scores within 1e-4; ``beam`` must equal transformers 5's
 own ``num_beams`` generation; ``best_of_n`` must pick among exactly the samples ``sample`` draws with its seed.
 """
@@ -8,16 +8,17 @@ own ``num_beams`` generation; ``best_of_n`` must pick among exactly the samples 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
+
+from anydecode.conformance.tiny_llama import golden_path
 from anydecode.plugins import hf
 
 from anydecode.models import load_hf
 
 pytestmark = pytest.mark.integration
-GOLDEN = json.loads((Path(__file__).parents[1] / "data" / "dbs_golden_tx4.json").read_text())["embedded"]
+GOLDEN = json.loads(golden_path().read_text())["embedded"]
 
 
 @pytest.fixture(scope="module")

@@ -4,20 +4,19 @@ greedy decoding token for token (batch 1 and a left-padded batch), sampling is s
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import anydecode.plugins.hf as H
 import pytest
 import torch
 from anydecode.conformance import chi_square_test
-from anydecode.plugins.hf.generate import run_decoder
-from anydecode.plugins.hf.session import HFSession
+from anydecode.plugins.hf.generate import open_context
 
 import anydecode
+from anydecode.workloads import FOLDER
 
 pytestmark = pytest.mark.integration
 
-WORKLOADS = Path(__file__).resolve().parents[2] / "benchmarks" / "workloads"
+WORKLOADS = FOLDER
 EDITING = [json.loads(line)["prompt"] for line in (WORKLOADS / "editing.jsonl").read_text().splitlines()[:3]]
 MAX_NEW = 40
 
@@ -63,12 +62,10 @@ def test_draft_model_speculation_equals_greedy_and_accepts_everything_from_the_s
     model, tokenizer = hf
     enc = chat_ids(tokenizer, EDITING[:2])
     native = model.generate(**enc, max_new_tokens=20, do_sample=False)
-    draft = HFSession(model, [tokenizer.eos_token_id])
-    draft.start(enc["input_ids"], enc["attention_mask"])
     dec = anydecode.get_decoder("speculative")
-    result, _ = run_decoder(model, enc["input_ids"], dec, dec.configure({"drafter": "draft_model"}),
-                            attention_mask=enc["attention_mask"], max_new_tokens=20,
-                            eos_token_ids=[tokenizer.eos_token_id], extra={"draft_session": draft})
+    ctx = open_context(model, enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=20,
+                       eos_token_ids=[tokenizer.eos_token_id], draft_model=model)
+    result = dec.run(dec.configure({"drafter": "draft_model"}), ctx)
     width = enc["input_ids"].shape[1]
     for row, seq in enumerate(result.sequences):
         expected = native[row, width:].tolist()

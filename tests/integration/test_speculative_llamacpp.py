@@ -5,7 +5,6 @@ seeded sampling, and anydecode's drafters as ``Llama(draft_model=...)``."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import anydecode.plugins.llamacpp as L
 import pytest
@@ -14,10 +13,11 @@ from anydecode.plugins.llamacpp.session import LlamaSession
 from anydecode.plugins.llamacpp.text import prompt_ids
 
 import anydecode
+from anydecode.workloads import FOLDER
 
 pytestmark = pytest.mark.integration
 
-WORKLOADS = Path(__file__).resolve().parents[2] / "benchmarks" / "workloads"
+WORKLOADS = FOLDER
 EDITING = [json.loads(line)["prompt"] for line in (WORKLOADS / "editing.jsonl").read_text().splitlines()[:4]]
 MAX_NEW = 48
 

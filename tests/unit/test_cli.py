@@ -38,10 +38,12 @@ def test_decoders_json_lists_every_kind_with_sources_and_fields():
     out = cli("decoders", "--json")
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
-    assert set(doc) == {"decoders", "drafters", "grammar_engines", "rewards"}
+    assert set(doc) == {"decoders", "drafters", "grammar_engines", "rewards", "runtimes"}
     sample = next(d for d in doc["decoders"] if d["name"] == "sample")
     assert sample["source"] == "anydecode.builtin.sampling"
     assert {f["name"] for f in sample["fields"]} == {"temperature", "top_k", "top_p", "min_p", "seed"}
+    assert sample["claim"] == "sampling" and all(f["request"] for f in sample["fields"])
+    assert {r["name"] for r in doc["runtimes"]} >= {"llamacpp", "hf", "vllm", "toy"}
 
 
 def test_conformance_toy_suite_passes():

@@ -9,8 +9,11 @@ from hypothesis import strategies as st
 from anydecode.algorithms.contracts.errors import ConfigError, RegistryError
 from anydecode.algorithms.grammar import (
     GrammarError,
+    GrammarSpec,
     compile_for,
+    from_llama,
     get_engine,
+    grammar_file_spec,
     grammar_spec,
     infer_format,
     toy_vocabulary,
@@ -121,11 +124,20 @@ def test_format_inference_and_files(tmp_path):
     assert infer_format('start: "a"') == "lark"
     path = tmp_path / "g.regex"
     path.write_text("a+")
-    assert grammar_spec(str(path)).format == "regex"
+    assert grammar_file_spec(str(path)) == GrammarSpec("a+", "regex")
     unknown = tmp_path / "g.txt"
     unknown.write_text("a")
     with pytest.raises(ConfigError, match="extension '.txt'"):
-        grammar_spec(str(unknown))
+        grammar_file_spec(str(unknown))
+
+
+def test_a_grammar_string_is_never_read_as_a_file(tmp_path):
+    """Grammar settings may come from a server's clients: text that names a file stays text (it parses as a
+    Lark grammar, or fails to), and the file is not opened."""
+    secret = tmp_path / "secret.regex"
+    secret.write_text("TOPSECRET")
+    spec = grammar_spec(str(secret))
+    assert spec.text == str(secret) and "TOPSECRET" not in spec.text
 
 
 # -- bad input -----------------------------------------------------------------------------------------------------
@@ -236,16 +248,18 @@ class _Llama:
 
 
 def test_transformers_bridge_decodes_byte_level_pieces_and_pads_to_the_model_vocabulary():
-    vocab = vocabulary_for(_ByteLevelTokenizer(), vocab_size=8, eos_token_ids=[3])
+    from anydecode.plugins.hf.tokenizer import HFTokenizer
+
+    vocab = vocabulary_for(HFTokenizer(_ByteLevelTokenizer(), 8), vocab_size=8, eos_token_ids=[3])
     assert vocab.token_bytes[1:] == (b"a", b" b", b"\n", b"ab", "é".encode(), b"", b"")
     assert vocab.token_bytes[0].startswith(b"\xff")
     assert vocab.eos_token_ids == {0, 3} and vocab.vocab_size == 8
     with pytest.raises(ConfigError, match="logits have 4"):
-        vocabulary_for(_ByteLevelTokenizer(), vocab_size=4)
+        vocabulary_for(HFTokenizer(_ByteLevelTokenizer()), vocab_size=4)
 
 
 def test_llama_bridge_marks_control_tokens():
-    vocab = vocabulary_for(_Llama())
+    vocab = from_llama(_Llama())
     assert vocab.eos_token_ids == {1} and vocab.special_ids == {0, 1}
     assert vocab.token_bytes[2:] == (b"a", b" b", b"\xc3")
     m = get_engine("llguidance").compile(grammar_spec("a b", "regex"), vocab).matcher()
@@ -253,8 +267,12 @@ def test_llama_bridge_marks_control_tokens():
 
 
 def test_unknown_tokenizer_object_is_a_clear_error():
-    with pytest.raises(ConfigError, match="cannot read the vocabulary of a object"):
+    """The core knows no runtime: a raw tokenizer object needs its adapter's view."""
+    with pytest.raises(ConfigError, match="cannot read the vocabulary of a object: grammar decoding needs the runtime "
+                                          "adapter's tokenizer view"):
         vocabulary_for(object())
+    with pytest.raises(ConfigError, match="cannot read the vocabulary of a _ByteLevelTokenizer"):
+        vocabulary_for(_ByteLevelTokenizer())
 
 
 def test_bitmask_unpacking_matches_torch_reference():

@@ -1,13 +1,13 @@
 """``dbs`` reproduces transformers 4.x group beam search and ``beam`` transformers 5's own beam search.
 
-The model is the tiny random-weight Llama of ``benchmarks/golden/tiny_llama.py``, built the same way by the
-transformers 4.x environment that recorded ``tests/data/dbs_golden_tx4.json`` (``benchmarks/golden/make_golden.py``).
+The model is the tiny random-weight Llama of ``conformance/tiny_llama.py``, built the same way by the
+transformers 4.x environment that recorded ``conformance/data/dbs_golden_tx4.json`` (``benchmarks/golden/``).
 Both run through ``model.generate(..., custom_generate=anydecode.plugins.hf.generate)``.
 """
 
 from __future__ import annotations
 
-import importlib.util
+
 import itertools
 import json
 from pathlib import Path
@@ -15,15 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from anydecode.conformance.tiny_llama import build_tiny_llama, golden_path
+
 ROOT = Path(__file__).resolve().parents[2]
-GOLDEN = json.loads((ROOT / "tests" / "data" / "dbs_golden_tx4.json").read_text())
+GOLDEN = json.loads(golden_path().read_text())
 
 
 def load_tiny_llama():
-    spec = importlib.util.spec_from_file_location("tiny_llama", ROOT / "benchmarks" / "golden" / "tiny_llama.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.build_tiny_llama()
+    return build_tiny_llama()
 
 
 @pytest.fixture(scope="module")

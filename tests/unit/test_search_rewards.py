@@ -19,13 +19,13 @@ from anydecode.algorithms.search.rewards import (
     RewardError,
     RewardInput,
     RewardModelConfig,
-    RewardModelReward,
     WeightedSum,
     checked_scores,
     label_index,
 )
 
 from anydecode import ConfigError, get_registry
+from anydecode.plugins.hf.rewards import RewardModelReward
 
 
 def item(text, finished=True, tokens=()):

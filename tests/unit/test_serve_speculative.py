@@ -24,16 +24,23 @@ def flag(cmd, name):
     return cmd[cmd.index(name) + 1]
 
 
+def section(cmd):
+    """The anydecode settings of --additional-config without the serving policy (tests/unit/test_serving.py)."""
+    doc = json.loads(flag(cmd, "--additional-config"))
+    assert set(doc["anydecode"].pop("serving")) >= {"asap_scope", "grammar_bytes", "rewards"}
+    return doc
+
+
 def test_decoder_iad_starts_vllm_with_the_iad_proposer():
     cmd, env = command("--decoder", "iad", "--set", "num_speculative_tokens=5", "--set", "max_match_ngram=2",
                        "--port", "8001")
     assert cmd[1:5] == ["-m", "vllm.entrypoints.openai.api_server", "--model", MODEL]
     assert json.loads(flag(cmd, "--speculative-config")) == {
         "method": "custom_class", "model": "anydecode.plugins.vllm.proposer.IADProposer", "num_speculative_tokens": 5}
-    assert json.loads(flag(cmd, "--additional-config")) == {"anydecode": {"drafter": "iad", "max_match_ngram": 2}}
+    assert section(cmd) == {"anydecode": {"drafter": "iad", "max_match_ngram": 2}}
     assert "--logits-processors" not in cmd  # vLLM refuses logits processors together with speculation
     assert flag(cmd, "--port") == "8001"
-    assert env[ENV_SPECULATIVE] == "iad" and "ANYDECODE_VLLM_DEFAULTS" not in env
+    assert env[ENV_SPECULATIVE] == "iad"
 
 
 @pytest.mark.parametrize("argv,proposer,k", [
@@ -50,7 +57,7 @@ def test_each_drafter_gets_its_proposer_class(argv, proposer, k):
 def test_transform_decoders_still_get_the_logits_processor():
     cmd, env = command("--decoder", "sample", "--set", "top_k=5")
     assert flag(cmd, "--logits-processors") == PROCESSOR and "--speculative-config" not in cmd
-    assert json.loads(flag(cmd, "--additional-config")) == {"anydecode": {"top_k": "5", "decoder": "sample"}}
+    assert section(cmd) == {"anydecode": {"top_k": "5", "decoder": "sample"}}
     assert ENV_SPECULATIVE not in env
 
 
@@ -117,9 +124,11 @@ async def echo(scope, receive, send):
     ("/v1/anydecode/completions", {"prompt": "x", "decoder": "dbs"}, 200),
 ])
 def test_speculative_servers_refuse_transform_decoders_with_400(path, body, status):
-    from anydecode.plugins.vllm.spec_guard import SpeculativeServerGuard
+    from anydecode.plugins.vllm.middleware import AnydecodeMiddleware, RequestGate
+    from anydecode.plugins.vllm.settings import ServerSettings
 
-    response = post(SpeculativeServerGuard(echo, drafter="iad"), path, body)
+    gate = RequestGate(ServerSettings(), speculative="iad")
+    response = post(AnydecodeMiddleware(echo, gate=gate), path, body)
     assert response.status_code == status
     if status == 400:
         message = response.json()["error"]["message"]

@@ -94,12 +94,12 @@ DRAFTERS = [
 
 def run(name: str, settings: dict, model: ToyModel, prompts, max_new: int, draft_model: ToyModel | None = None):
     dec = anydecode.get_decoder(name)
-    extra = {}
+    fields = {}
     settings = dict(settings)
     tree_attention = settings.pop("tree_attention", True)
     if settings.get("drafter") == "draft_model":
-        extra["draft_session"] = LeftPaddedToySession(draft_model or copying_model(seed=5), prompts)
-    ctx = toy_context(model, prompts, max_new, tree_attention=tree_attention, extra=extra)
+        fields["draft_session"] = LeftPaddedToySession(draft_model or copying_model(seed=5), prompts)
+    ctx = toy_context(model, prompts, max_new, tree_attention=tree_attention, **fields)
     return dec.run(dec.configure(settings), ctx), ctx
 
 
@@ -277,19 +277,28 @@ def test_cost_model_picks_long_drafts_when_forwards_cost_little_per_token_and_sh
         costly.record_row(0, 10, 9)
     assert cheap.limit(0, 64, 1) >= 16
     assert costly.limit(0, 64, 1) <= 4
-    assert DraftLengthController(1).limit(0, 12, 1) == 8  # nothing timed yet: probing widths
-    assert DraftLengthController(1).limit(0, 3, 1) == 3
+    assert DraftLengthController(1).limit(0, 12, 1) == 2  # nothing timed, no hint: short drafts while accepted
+    assert DraftLengthController(1).limit(0, 1, 1) == 1
     hopeless = DraftLengthController(1, probe_every=3)
     for width in (1, 2, 4, 8):
         hopeless.record_forward(width, 0.010 * width)  # a draft token costs as much as a forward
     for _ in range(10):
         hopeless.record_row(0, 8, 0)
-    # a probe drafts what fits in three plain steps: here two tokens
-    assert [hopeless.limit(0, 8, 1) for _ in range(6)] == [0, 0, 2, 0, 0, 2]
-    cheap_probe = DraftLengthController(1, probe_every=1, fixed_cost=(1.0, 0.02))
+    # probing a row that does not draft costs at most 3% of its plain steps: a one-token probe costs a whole extra
+    # step here, so it comes once every 34 steps (and a failed probe doubles the wait after it)
+    choices = []
+    for _ in range(120):
+        k = hopeless.limit(0, 8, 1)
+        choices.append(k)
+        hopeless.record_row(0, k, 0)
+    probes = [i for i, k in enumerate(choices) if k]
+    assert probes and probes[0] >= 33 and all(choices[i] == 1 for i in probes)
+    assert len(probes) <= 120 * 0.03 + 1
+    # where a block token is cheap (transformers: 2% of a step) the probe after 8 idle steps drafts all 8 tokens
+    cheap_probe = DraftLengthController(1, probe_every=8, fixed_cost=(1.0, 0.02))
     for _ in range(60):
         cheap_probe.record_row(0, 8, 0)
-    assert cheap_probe.limit(0, 8, 1) == 8
+    assert [cheap_probe.limit(0, 8, 1) for _ in range(8)] == [0] * 7 + [8]
 
 
 def test_cost_model_prices_leaving_the_one_token_path():
@@ -342,19 +351,23 @@ def test_draft_model_with_another_vocabulary_is_refused_naming_both_sizes():
         dec.run(dec.configure({"drafter": "draft_model"}), toy_context(copying_model(), PROMPTS[:1], 5))
 
 
-def test_stop_check_and_pre_transform_from_the_adapter_are_honoured():
-    """An adapter's stopping criterion ends a row; its logits transform (here: ban token 3) shapes every position."""
-    from anydecode.algorithms.contracts.transform import LogitsTransform
+def test_the_runtimes_stopping_rule_and_processors_are_honoured():
+    """A runtime's stopping rule ends a row; its processors (here: ban token 3) shape every verified position."""
+    from anydecode.algorithms.contracts.runtime import RuntimeProcessors, StoppingRule
 
-    class Ban3(LogitsTransform):
-        def apply(self, state, generated_ids, logits):
+    class Ban3(RuntimeProcessors):
+        def __call__(self, prompt_rows, generated, logits):
             out = logits.clone()
-            out[3] = float("-inf")
+            out[:, 3] = float("-inf")
             return out
+
+    class AfterFive(StoppingRule):
+        def __call__(self, prompt_row, generated):
+            return len(generated) >= 5
 
     model = copying_model(seed=6, noise=0.05)
     dec = anydecode.get_decoder("prompt_lookup")
-    ctx = toy_context(model, PROMPTS[:1], 25, extra={"pre_transform": Ban3()})
+    ctx = toy_context(model, PROMPTS[:1], 25, processors=Ban3())
     result = dec.run(dec.configure({}), ctx)
     assert 3 not in result.sequences[0]
     ref = anydecode.get_decoder("greedy")
@@ -372,7 +385,7 @@ def test_stop_check_and_pre_transform_from_the_adapter_are_honoured():
         logits = session.append([[token]])[0, -1]
     assert result.sequences[0] == out
     del ref
-    ctx = toy_context(model, PROMPTS[:1], 25, extra={"stop_check": lambda row, gen: len(gen) >= 5})
+    ctx = toy_context(model, PROMPTS[:1], 25, stopping=AfterFive())
     result = dec.run(dec.configure({}), ctx)
     assert len(result.sequences[0]) == 5 and result.finish_reasons == ["stop"]
 

@@ -45,6 +45,8 @@ TYPICAL = anydecode.Decoder(
     config_cls=TypicalConfig,
     kind="transform",
     description="locally typical sampling (example third-party plugin)",
+    claim="sampling",
+    claim_note="ancestral sampling from the model after the typical filter",
     make_transform=lambda config, context: TypicalFilter(config),
 )
 

@@ -43,3 +43,10 @@ def build_tiny_llama(seed: int = SEED) -> Any:
                 tensor.copy_(0.25 * noise)
     model.eval()
     return model
+
+
+def golden_path() -> Any:
+    """The transformers 4.x group-beam-search outputs recorded on this model (``conformance/data``)."""
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent / "data" / "dbs_golden_tx4.json"

@@ -1,0 +1,130 @@
+"""The runtime-adapter contract: what a runtime hands the cores, and how the CLI reaches a runtime.
+
+A runtime adapter (transformers, llama.cpp, vLLM, a toy model, a third party's) is a :class:`Runtime` registered
+through the ``anydecode_register_runtimes`` hook. The CLI's ``run``, ``bench`` and ``conformance`` reach every
+runtime through it, so adding a runtime means writing one plugin, not editing the CLI or a core.
+
+What a runtime gives a decoder travels in typed fields of :class:`~.decoder.DecodeContext`:
+
+* a model session holding the prompts (``session``, ``prompt_logits``), a factory of multi-row sessions for search
+  decoders (``open_rows``) and a draft model's session (``draft_session``);
+* its tokenizer view (:class:`TokenizerView`), which also gives grammar engines the vocabulary's bytes;
+* its own logits processors (:class:`RuntimeProcessors`: transformers' repetition penalty, bad words, min new
+  tokens, ...) and stopping rules (:class:`StoppingRule`: stop strings, custom criteria), which every decoder
+  applies;
+* the owner that per-model state is keyed on (``owner``: ADED's tri-gram tables, suffix corpora).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import torch
+
+if TYPE_CHECKING:
+    from .config import DecoderConfig
+    from .decoder import DecodeContext, Decoder
+    from .session import ModelSession
+
+
+@runtime_checkable
+class TokenizerView(Protocol):
+    """A runtime's tokenizer as the cores see it."""
+
+    eos_token_id: int | None
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` (no special tokens added)."""
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        """The text of ``ids``."""
+
+    def grammar_vocabulary(self) -> Any:
+        """The ``TokenVocabulary`` (bytes of every token id) grammar engines compile against."""
+
+
+class RuntimeProcessors(abc.ABC):
+    """The runtime's own logits processors, applied to a row's logits before a decoder chooses from them.
+
+    Each call gets every row's whole history, as a runtime's processors expect (transformers' processors read the
+    row's ids, left padding included), so the same rule serves samples, beams, draft positions and lookaheads.
+    """
+
+    @abc.abstractmethod
+    def __call__(self, prompt_rows: Sequence[int], generated: Sequence[Sequence[int]],
+                 logits: torch.Tensor) -> torch.Tensor:
+        """Processed ``logits`` ``(rows, vocab)`` of rows continuing prompts ``prompt_rows`` after ``generated``."""
+
+
+class StoppingRule(abc.ABC):
+    """The runtime's stopping rules beyond end-of-sequence and the length limit (stop strings, custom criteria)."""
+
+    @abc.abstractmethod
+    def __call__(self, prompt_row: int, generated: Sequence[int]) -> bool:
+        """Whether a row continuing prompt ``prompt_row`` stops after ``generated`` (its last token included)."""
+
+
+#: ``open_rows(rows, extra_tokens) -> (session, logits after each prompt)``: a session holding each prompt once that
+#: can grow to ``rows`` rows, each up to ``max_new_tokens + extra_tokens`` new tokens (search decoders)
+RowsFactory = Callable[[int, int], "tuple[ModelSession, torch.Tensor]"]
+
+
+class Runtime(abc.ABC):
+    """A registered runtime adapter (the CLI, ``anydecode bench`` and ``anydecode conformance`` use it).
+
+    ``load`` gives a model handle (the runtime's own object: a ``Llama``, a ``(model, tokenizer)`` pair, an
+    ``LLM``); the other methods take that handle.
+    """
+
+    #: the name users pick it by (``--runtime NAME``)
+    name: str = ""
+    description: str = ""
+
+    @abc.abstractmethod
+    def load(self, model: str | None = None, *, progress: Callable[[str], None] | None = None) -> Any:
+        """The model at ``model`` (None: the runtime's default model) ready to generate."""
+
+    def close(self, handle: Any) -> None:
+        """Free what ``load`` allocated."""
+
+    @abc.abstractmethod
+    def tokenizer(self, handle: Any) -> TokenizerView:
+        """The model's tokenizer view."""
+
+    @abc.abstractmethod
+    def encode(self, handle: Any, prompt: str, *, chat: bool = False) -> list[int]:
+        """Token ids of a prompt, as the runtime would feed it (``chat``: in the model's chat template)."""
+
+    @abc.abstractmethod
+    def open(self, handle: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+             on_token: Callable[[int, int], None] | None = None) -> DecodeContext:
+        """A decode context whose session holds ``prompts`` (prefilled), with every typed field this runtime has.
+
+        ``stats["prefill_seconds"]`` of the result is the time of the prompts' forward pass
+        (``DecodeContext.prefill_seconds``).
+        """
+
+    def reset(self, handle: Any) -> None:
+        """Forget what the model holds from earlier prompts, so the next ``open`` prefills all of its prompt
+        (benchmarks time every prefill alike)."""
+
+    def owner(self, handle: Any) -> object:
+        """What per-model state (ADED tables, suffix corpora) is keyed on."""
+        return handle
+
+    def baselines(self, handle: Any) -> Mapping[str, Callable[[list[int], int, Mapping[str, Any]],
+                                                               tuple[list[int], dict[str, Any]]]]:
+        """The runtime's own decoding loops for ``anydecode bench`` (``native-greedy``, ...):
+        ``baseline(prompt_ids, max_new_tokens, sampling) -> (generated ids, stats with prefill_seconds)``."""
+        return {}
+
+    def next_token_logits(self, handle: Any, ids: Sequence[int]) -> torch.Tensor:
+        """The model's next-token logits after ``ids`` (conformance targets), as the runtime computes them."""
+        ctx = self.open(handle, [list(ids)], max_new_tokens=0)
+        assert ctx.prompt_logits is not None
+        return ctx.prompt_logits[0].float()
+
+    def check(self, decoder: Decoder, config: DecoderConfig) -> None:
+        """Refuse a decoder this runtime cannot run (RuntimeAdapterError naming the reason)."""

@@ -1,0 +1,331 @@
+"""Statistical checks through a real runtime (any registered one) on its default model.
+
+Targets are computed exactly from the runtime's own logits along the path the sampler takes; samples are drawn
+through the runtime-adapter contract (``generate_on``), rows of seeded batches. Sample sizes come from the effect
+to detect (``stats.sample_size_for_tv``), and where a planted bug's distribution is known it must be rejected on the
+same draws (negative control).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from anydecode.algorithms.contracts.decoder import Decoder
+from anydecode.algorithms.generation import generate_on
+
+from .claims import CheckResult, measured
+from .reference import planted_top_p_before_temperature, target_distribution
+from .runtime_sampling import RuntimeSampler
+from .stats import chi_square_test, sample_size_for_tv
+
+ALPHA = 1e-3
+PROMPT = "The weather today is"
+#: settings where the planted bug (nucleus before temperature) moves the target by TV of about 0.2
+SAMPLING = dict(temperature=1.5, top_k=8, top_p=0.7)
+GREEDY_PROMPTS = ("The capital of France is", "Fix the spelling: I recieved you're leter yesterday.",
+                  "def add(a, b):\n    return a +", "Once upon a time, in a small village,")
+
+
+class RuntimeEnv:
+    """One loaded runtime shared by every check of a run."""
+
+    def __init__(self, runtime: Any, quick: bool):
+        self.runtime = runtime
+        self.quick = quick
+        self.sampler = RuntimeSampler(runtime)
+        self.handle = self.sampler.handle
+
+    @property
+    def name(self) -> str:
+        return self.runtime.name
+
+    def close(self) -> None:
+        self.sampler.close()
+
+    def encode(self, text: str) -> list[int]:
+        return self.runtime.encode(self.handle, text)
+
+    def probs_after(self, prompt_ids: Sequence[int]) -> Callable[[tuple], np.ndarray]:
+        """``probs(prefix)``: the model's next-token distribution after ``prompt_ids + prefix`` (cached)."""
+        cache: dict[tuple, np.ndarray] = {}
+
+        def probs(prefix: tuple) -> np.ndarray:
+            if prefix not in cache:
+                self.runtime.reset(self.handle)
+                ctx = self.runtime.open(self.handle, [list(prompt_ids)], max_new_tokens=1)
+                assert ctx.prompt_logits is not None and ctx.session is not None
+                logits = ctx.prompt_logits
+                if prefix:
+                    logits = ctx.session.append([list(prefix)])[:, -1]
+                cache[prefix] = torch.softmax(logits[0].double(), -1).numpy()
+            return cache[prefix]
+        return probs
+
+    def draws(self, decoder: Decoder, settings: dict[str, Any], prompt_ids: Sequence[int], n: int,
+              max_new_tokens: int = 2) -> list[tuple[int, ...]]:
+        out: list[tuple[int, ...]] = []
+        batch = 64
+        for start in range(0, n, batch):
+            rows = min(batch, n - start)
+            config = decoder.configure({**settings, "seed": start})
+            self.runtime.reset(self.handle)
+            with torch.no_grad():
+                gen = generate_on(self.runtime, self.handle, [list(prompt_ids)] * rows, decoder, config,
+                                  max_new_tokens=max_new_tokens)
+            out.extend(tuple(s.token_ids[:max_new_tokens]) for s in gen.sequences)
+        return out
+
+
+def _two_token_law(step: Callable[[tuple], np.ndarray], eos: int | None) -> dict[tuple, float]:
+    law: dict[tuple, float] = {}
+    p1 = step(())
+    for t1 in np.nonzero(p1 > 0)[0]:
+        if int(t1) == eos:
+            law[(int(t1),)] = float(p1[t1])
+            continue
+        p2 = step((int(t1),))
+        for t2 in np.nonzero(p2 > 0)[0]:
+            law[(int(t1), int(t2))] = float(p1[t1] * p2[t2])
+    return law
+
+
+def _warped(env: RuntimeEnv, prompt: list[int], fn: Callable[..., np.ndarray], kwargs: dict) -> Callable:
+    cache: dict[tuple, np.ndarray] = {}
+
+    def step(prefix: tuple) -> np.ndarray:
+        if prefix not in cache:
+            env.runtime.reset(env.handle)
+            ctx = env.runtime.open(env.handle, [prompt], max_new_tokens=2)
+            logits = ctx.prompt_logits
+            assert logits is not None and ctx.session is not None
+            if prefix:
+                logits = ctx.session.append([list(prefix)])[:, -1]
+            cache[prefix] = fn(logits[0].double().numpy(), **kwargs)
+        return cache[prefix]
+    return step
+
+
+def sampling_through(decoder: Decoder, env: RuntimeEnv, claim: str = "sampling") -> list[CheckResult]:
+    """Two-token sequences drawn through the runtime follow ancestral sampling from the warped target; the planted
+    bug (nucleus before temperature) is rejected on the same draws."""
+    prompt = env.encode(PROMPT)
+    eos = env.runtime.tokenizer(env.handle).eos_token_id
+    target = _two_token_law(_warped(env, prompt, target_distribution, SAMPLING), eos)
+    bug = _two_token_law(_warped(env, prompt, planted_top_p_before_temperature, SAMPLING), eos)
+    n = sample_size_for_tv(0.12 if env.quick else 0.08, categories=len(target))
+    samples = env.draws(decoder, dict(SAMPLING), prompt, n)
+    fit = chi_square_test(samples, target)
+    neg = chi_square_test(samples, bug)
+    tv = 0.5 * sum(abs(target.get(k, 0) - bug.get(k, 0)) for k in set(target) | set(bug))
+    return [measured("two-token draws follow the warped target (chi-square)", decoder.name, env.name, claim, "p",
+                     fit.p_value, ALPHA, "above", f"categories={fit.categories}", fit.n),
+            measured("planted bug rejected on the same draws", decoder.name, env.name, claim, "p", neg.p_value,
+                     ALPHA, "below", f"TV(bug, target)={tv:.3f}", neg.n)]
+
+
+def own_law_through(decoder: Decoder, env: RuntimeEnv) -> list[CheckResult]:
+    """A third-party sampling decoder: draws through the runtime follow its own transform's law on the runtime's
+    logits (two tokens)."""
+    prompt = env.encode(PROMPT)
+    config = decoder.configure(dict(temperature=1.0))
+    ctx = env.runtime.open(env.handle, [prompt], max_new_tokens=2)
+    transform = decoder.transform(config, ctx)
+    state = transform.start(prompt)
+    raw = _warped(env, prompt, lambda x: x, {})
+
+    def step(prefix: tuple) -> np.ndarray:
+        out = transform.apply(state, list(prefix), torch.from_numpy(np.asarray(raw(prefix))))
+        return torch.softmax(out.double(), -1).numpy()
+
+    eos = env.runtime.tokenizer(env.handle).eos_token_id
+    target = _two_token_law(step, eos)
+    n = sample_size_for_tv(0.12 if env.quick else 0.08, categories=min(len(target), 200))
+    samples = env.draws(decoder, {"temperature": 1.0}, prompt, n)
+    fit = chi_square_test(samples, target)
+    return [measured("two-token draws follow the decoder's own law (chi-square)", decoder.name, env.name,
+                     "sampling", "p", fit.p_value, ALPHA, "above", f"categories={fit.categories}", fit.n)]
+
+
+def greedy_through(decoder: Decoder, env: RuntimeEnv, claim: str, settings: dict[str, Any] | None = None
+                   ) -> list[CheckResult]:
+    """Identical to the runtime's own greedy loop on a few prompts (where a runtime's batched and one-token logits
+    differ, a parting must be a near-tie: ``Runtime.greedy_parting_gap``)."""
+    native = env.runtime.baselines(env.handle).get("native-greedy")
+    if native is None:
+        return [CheckResult("identical to the runtime's greedy decoding", decoder.name, env.name, claim, True,
+                            skipped=f"runtime {env.name!r} has no native-greedy loop")]
+    gap = getattr(env.runtime, "greedy_parting_gap", 0.0)
+    identical = worst = 0
+    prompts = GREEDY_PROMPTS[:2] if env.quick else GREEDY_PROMPTS
+    parted = []
+    for text in prompts:
+        ids = env.encode(text)
+        env.runtime.reset(env.handle)
+        want, _ = native(ids, 24, {})
+        env.runtime.reset(env.handle)
+        out = generate_on(env.runtime, env.handle, [ids], decoder, decoder.configure(settings or {}),
+                          max_new_tokens=24)
+        got = out.token_ids
+        if got == want:
+            identical += 1
+            continue
+        at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+        if at < min(len(got), len(want)):
+            p = env.probs_after(ids)(tuple(want[:at]))
+            tie = abs(float(np.log(p[got[at]] + 1e-300) - np.log(p[want[at]] + 1e-300)))
+            parted.append(tie)
+            worst = max(worst, tie)
+        else:
+            parted.append(float("inf"))
+            worst = float("inf")
+    ok_parting = all(t <= gap for t in parted)
+    share = identical / len(prompts)
+    res = measured("identical to the runtime's greedy decoding", decoder.name, env.name, claim, "identical share",
+                   share, 1.0 if gap == 0 else 0.0, "above",
+                   f"{identical}/{len(prompts)} identical; partings at log-prob gaps {parted} (allowed {gap})")
+    res.passed = res.passed and ok_parting
+    return [res]
+
+
+def gcd_through(decoder: Decoder, env: RuntimeEnv) -> list[CheckResult]:
+    """GCD through the runtime: sequences follow P restricted to the grammar at each step (exact law from the
+    runtime's logits)."""
+    from anydecode.algorithms.grammar.exact import transform_distribution
+
+    prompt = env.encode("Is the sky blue? Answer yes or no:")
+    settings = {"grammar": "( yes| no)", "grammar_format": "regex", "temperature": 1.0}
+    config = decoder.configure(settings)
+    ctx = env.runtime.open(env.handle, [prompt], max_new_tokens=4)
+    transform = decoder.transform(config, ctx)
+    eos = ctx.eos_token_ids
+    law = transform_distribution(transform, env.probs_after(prompt), (), 4, eos)
+    n = sample_size_for_tv(0.1, categories=max(len(law), 2))
+    samples = env.draws(decoder, settings, prompt, n, max_new_tokens=4)
+    fit = chi_square_test(samples, law)
+    return [measured("sequences follow P restricted to the grammar (chi-square)", decoder.name, env.name,
+                     "grammar-constrained", "p", fit.p_value, ALPHA, "above",
+                     f"{len(law)} sequences in the language", fit.n)]
+
+
+def asap_through(decoder: Decoder, env: RuntimeEnv) -> list[CheckResult]:
+    """ASAp through the runtime on a real grammar: after N samples its next sample's exact KL to
+    Q(w) ~ P(w) 1[w in L] is below a tenth of GCD's."""
+    from anydecode.algorithms.grammar import AsapStateStore, forget_asap_state
+    from anydecode.algorithms.grammar.exact import (
+        asap_sample_distributions,
+        grammar_target,
+        kl_divergence,
+        transform_distribution,
+    )
+    from anydecode.algorithms.grammar.transforms import AsapTransform
+    from anydecode.registry import get_decoder
+
+    prompt = env.encode("Write a random binary string of length 3:")
+    regex = "000|1[01][01]"
+    settings = {"grammar": regex, "grammar_format": "regex"}
+    forget_asap_state()  # learning starts now, in the process's store, shared by every draw below
+    config = decoder.configure(settings)
+    ctx = env.runtime.open(env.handle, [prompt], max_new_tokens=8)
+    transform = decoder.transform(config, ctx)
+    probs = env.probs_after(prompt)
+    eos = ctx.eos_token_ids
+    gcd = get_decoder("gcd")
+    gcd_t = gcd.transform(gcd.configure({"grammar": regex, "grammar_format": "regex"}), ctx)
+    gcd_law = transform_distribution(gcd_t, probs, (), 8, eos)
+    language = [s for s in gcd_law]  # every tokenization GCD can write, each ending with EOS
+    target = grammar_target(probs, (), language)
+    gcd_kl = kl_divergence(gcd_law, target)
+    samples = 16 if env.quick else 40
+    outputs = []
+    for seed in range(samples):  # one sample per call, through the runtime: ASAp learns in between
+        env.runtime.reset(env.handle)
+        gen = generate_on(env.runtime, env.handle, [prompt], decoder, decoder.configure({**settings, "seed": seed}),
+                          max_new_tokens=8)
+        outputs.append(tuple(gen.token_ids))
+    trie = transform.trie(prompt)
+    outside = sum(o not in target for o in outputs)
+
+    def make(store: AsapStateStore) -> Any:
+        return AsapTransform(transform.compiled, config, store)
+
+    (dist,) = asap_sample_distributions(make, probs, (), 1, 8, eos, trie=trie.copy())
+    kl = kl_divergence(dist, target)
+    res = measured("next-sample KL to Q after N samples, against GCD's", decoder.name, env.name,
+                   "grammar-aligned", "KL / KL(GCD)", kl / max(gcd_kl, 1e-12), 0.1, "below",
+                   f"KL {kl:.4f} vs GCD {gcd_kl:.4f} after {samples} samples; {len(target)} sequences; "
+                   f"{outside} outputs outside the language", samples)
+    res.passed = res.passed and outside == 0
+    return [res]
+
+
+def best_of_n_through(decoder: Decoder, env: RuntimeEnv) -> list[CheckResult]:
+    """best_of_n through the runtime picks the sample its own statistics rank best (reward, then likelihood)."""
+    prompt = env.encode("Name a colour:")
+    config = decoder.configure({"num_samples": 4, "seed": 3, "temperature": 0.9})
+    env.runtime.reset(env.handle)
+    out = generate_on(env.runtime, env.handle, [prompt], decoder, config, max_new_tokens=6)
+    stats = out.stats
+    chosen = stats["chosen_sample"][0]
+    best = max(range(4), key=lambda i: (stats["sample_rewards"][i], stats["sample_logliks"][i]))
+    return [CheckResult("returns the best of its N samples", decoder.name, env.name, "best-of-n", chosen == best,
+                        "chosen", float(chosen), float(best), detail=f"chose sample {chosen}, best {best}")]
+
+
+def deal_through(decoder: Decoder, env: RuntimeEnv) -> list[CheckResult]:
+    """DeAL with lam=0 equals beam search of the same width through the runtime."""
+    from anydecode.registry import get_decoder
+
+    beam = get_decoder("beam")
+    mismatches = 0
+    for text in GREEDY_PROMPTS[:2]:
+        ids = env.encode(text)
+        env.runtime.reset(env.handle)
+        ours = generate_on(env.runtime, env.handle, [ids], decoder, decoder.configure({"beam": 2, "k": 4, "lam": 0}),
+                           max_new_tokens=8)
+        env.runtime.reset(env.handle)
+        ref = generate_on(env.runtime, env.handle, [ids], beam, beam.configure({"num_beams": 2}), max_new_tokens=8)
+        mismatches += ours.token_ids != ref.token_ids
+    return [measured("lam=0 equals beam search through the runtime", decoder.name, env.name, "search",
+                     "mismatches", mismatches, 1, detail="2 prompts")]
+
+
+def runtime_checks_for(decoder: Decoder, env: RuntimeEnv) -> list[Callable[[], list[CheckResult]]]:
+    claim = decoder.claim
+    if decoder.name == "sample":
+        return [lambda: sampling_through(decoder, env)]
+    if claim == "sampling":
+        return [lambda: own_law_through(decoder, env)]
+    if claim == "greedy-identical":
+        return [lambda: greedy_through(decoder, env, claim)]
+    if claim == "lossless":
+        return [lambda: greedy_through(decoder, env, "lossless", {"temperature": 0.0}),
+                lambda: sampling_through(decoder, env, "lossless")]
+    if claim == "grammar-constrained":
+        return [lambda: gcd_through(decoder, env)]
+    if claim == "grammar-aligned":
+        return [lambda: asap_through(decoder, env)]
+    if claim == "best-of-n":
+        return [lambda: best_of_n_through(decoder, env)]
+    if decoder.name == "deal":
+        return [lambda: deal_through(decoder, env)]
+    return []
+
+
+def run_runtime(decoder: Decoder, env: RuntimeEnv) -> list[CheckResult]:
+    out: list[CheckResult] = []
+    for check in runtime_checks_for(decoder, env):
+        started = time.perf_counter()
+        try:
+            results = check()
+        except Exception as exc:  # noqa: BLE001 - a check that cannot run is a failed check, named
+            results = [CheckResult("check raised", decoder.name, env.name, decoder.claim or "", False,
+                                   detail=f"{type(exc).__name__}: {exc}")]
+        for r in results:
+            r.seconds = time.perf_counter() - started
+        out += results
+    return out
