@@ -192,24 +192,52 @@ def greedy_through(decoder: Decoder, env: RuntimeEnv, claim: str, settings: dict
     return [res]
 
 
+#: grammars the checks try in order; the first whose language this runtime's vocabulary can write with at least
+#: two sequences is used, so a runtime with a small or unusual vocabulary still gets a real check
+GCD_GRAMMARS = ("( yes| no)", "(yes|no)", "[0-9]{1,2}", "[a-z]{1,2}")
+ASAP_GRAMMARS = ("000|1[01][01]", "111|2[12][12]", "aaa|b[ab][ab]")
+
+
+def _grammar_law(decoder: Decoder, env: RuntimeEnv, prompt: list[int], candidates: Sequence[str],
+                 max_new_tokens: int, extra: dict[str, Any]) -> tuple[str, Any, Any, dict[Any, float]] | None:
+    """The first candidate regex with at least two sequences for this vocabulary: (regex, config, ctx, law)."""
+    from anydecode.algorithms.grammar.spec import GrammarError
+    from anydecode.algorithms.grammar.exact import transform_distribution
+
+    probs = env.probs_after(prompt)
+    for regex in candidates:
+        config = decoder.configure({"grammar": regex, "grammar_format": "regex", **extra})
+        ctx = env.runtime.open(env.handle, [prompt], max_new_tokens=max_new_tokens)
+        try:
+            transform = decoder.transform(config, ctx)
+        except GrammarError:
+            continue
+        law = transform_distribution(transform, probs, (), max_new_tokens, ctx.eos_token_ids)
+        if len(law) >= 2:
+            return regex, config, ctx, law
+    return None
+
+
+def _no_grammar(decoder: Decoder, env: RuntimeEnv, claim: str, name: str, candidates: Sequence[str]) -> CheckResult:
+    return CheckResult(name, decoder.name, env.name, claim, True,
+                       skipped=f"none of the grammars {list(candidates)} has two sentences in this vocabulary")
+
+
 def gcd_through(decoder: Decoder, env: RuntimeEnv) -> list[CheckResult]:
     """GCD through the runtime: sequences follow P restricted to the grammar at each step (exact law from the
     runtime's logits)."""
-    from anydecode.algorithms.grammar.exact import transform_distribution
-
+    name = "sequences follow P restricted to the grammar (chi-square)"
     prompt = env.encode("Is the sky blue? Answer yes or no:")
-    settings = {"grammar": "( yes| no)", "grammar_format": "regex", "temperature": 1.0}
-    config = decoder.configure(settings)
-    ctx = env.runtime.open(env.handle, [prompt], max_new_tokens=4)
-    transform = decoder.transform(config, ctx)
-    eos = ctx.eos_token_ids
-    law = transform_distribution(transform, env.probs_after(prompt), (), 4, eos)
+    found = _grammar_law(decoder, env, prompt, GCD_GRAMMARS, 4, {"temperature": 1.0})
+    if found is None:
+        return [_no_grammar(decoder, env, "grammar-constrained", name, GCD_GRAMMARS)]
+    regex, _, _, law = found
+    settings = {"grammar": regex, "grammar_format": "regex", "temperature": 1.0}
     n = sample_size_for_tv(0.1, categories=max(len(law), 2))
     samples = env.draws(decoder, settings, prompt, n, max_new_tokens=4)
     fit = chi_square_test(samples, law)
-    return [measured("sequences follow P restricted to the grammar (chi-square)", decoder.name, env.name,
-                     "grammar-constrained", "p", fit.p_value, ALPHA, "above",
-                     f"{len(law)} sequences in the language", fit.n)]
+    return [measured(name, decoder.name, env.name, "grammar-constrained", "p", fit.p_value, ALPHA, "above",
+                     f"grammar {regex!r}: {len(law)} sequences in the language", fit.n)]
 
 
 def asap_through(decoder: Decoder, env: RuntimeEnv) -> list[CheckResult]:
@@ -225,40 +253,45 @@ def asap_through(decoder: Decoder, env: RuntimeEnv) -> list[CheckResult]:
     from anydecode.algorithms.grammar.transforms import AsapTransform
     from anydecode.registry import get_decoder
 
+    name = "next-sample KL to Q after N samples, against GCD's"
     prompt = env.encode("Write a random binary string of length 3:")
-    regex = "000|1[01][01]"
+    gcd = get_decoder("gcd")
+    found = _grammar_law(gcd, env, prompt, ASAP_GRAMMARS, 8, {})
+    if found is None:
+        return [_no_grammar(decoder, env, "grammar-aligned", name, ASAP_GRAMMARS)]
+    regex, _, ctx, gcd_law = found
     settings = {"grammar": regex, "grammar_format": "regex"}
     forget_asap_state()  # learning starts now, in the process's store, shared by every draw below
     config = decoder.configure(settings)
-    ctx = env.runtime.open(env.handle, [prompt], max_new_tokens=8)
     transform = decoder.transform(config, ctx)
     probs = env.probs_after(prompt)
     eos = ctx.eos_token_ids
-    gcd = get_decoder("gcd")
-    gcd_t = gcd.transform(gcd.configure({"grammar": regex, "grammar_format": "regex"}), ctx)
-    gcd_law = transform_distribution(gcd_t, probs, (), 8, eos)
     language = [s for s in gcd_law]  # every tokenization GCD can write, each ending with EOS
     target = grammar_target(probs, (), language)
     gcd_kl = kl_divergence(gcd_law, target)
-    samples = 16 if env.quick else 40
-    outputs = []
-    for seed in range(samples):  # one sample per call, through the runtime: ASAp learns in between
-        env.runtime.reset(env.handle)
-        gen = generate_on(env.runtime, env.handle, [prompt], decoder, decoder.configure({**settings, "seed": seed}),
-                          max_new_tokens=8)
-        outputs.append(tuple(gen.token_ids))
-    trie = transform.trie(prompt)
-    outside = sum(o not in target for o in outputs)
+    budget = 48  # samples at most; the KL is read every 8 samples and the check stops once it is below the bound
+    outputs: list[tuple[int, ...]] = []
 
     def make(store: AsapStateStore) -> Any:
         return AsapTransform(transform.compiled, config, store)
 
-    (dist,) = asap_sample_distributions(make, probs, (), 1, 8, eos, trie=trie.copy())
-    kl = kl_divergence(dist, target)
-    res = measured("next-sample KL to Q after N samples, against GCD's", decoder.name, env.name,
+    kl = float("inf")
+    while len(outputs) < budget:
+        for seed in range(len(outputs), len(outputs) + 8):  # one sample per call: ASAp learns in between
+            env.runtime.reset(env.handle)
+            gen = generate_on(env.runtime, env.handle, [prompt], decoder,
+                              decoder.configure({**settings, "seed": seed}), max_new_tokens=8)
+            outputs.append(tuple(gen.token_ids))
+        (dist,) = asap_sample_distributions(make, probs, (), 1, 8, eos, trie=transform.trie(prompt).copy())
+        kl = kl_divergence(dist, target)
+        if kl < 0.1 * gcd_kl:
+            break
+    samples = len(outputs)
+    outside = sum(o not in target for o in outputs)
+    res = measured(name, decoder.name, env.name,
                    "grammar-aligned", "KL / KL(GCD)", kl / max(gcd_kl, 1e-12), 0.1, "below",
-                   f"KL {kl:.4f} vs GCD {gcd_kl:.4f} after {samples} samples; {len(target)} sequences; "
-                   f"{outside} outputs outside the language", samples)
+                   f"grammar {regex!r}: KL {kl:.4f} vs GCD {gcd_kl:.4f} after {samples} samples "
+                   f"(at most {budget}); {len(target)} sequences; {outside} outputs outside the language", samples)
     res.passed = res.passed and outside == 0
     return [res]
 
