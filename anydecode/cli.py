@@ -261,7 +261,7 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     for name in args.decoder or []:
         get_registry().decoder(name)  # RegistryError naming the registered decoders
     report = run_suite(runtime=args.runtime, quick=args.quick, progress=not args.json and not args.quiet,
-                       decoders=args.decoder, mutants=args.mutants, plot=args.plot)
+                       decoders=args.decoder, mutants=args.mutants, plot=args.plot, kernels=args.kernels)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:
@@ -274,6 +274,9 @@ def cmd_conformance(args: argparse.Namespace) -> int:
             print(f"{mark} planted bug: {mutant['mutant']} ({mutant['error'] or '; '.join(mutant['failures'][:1])})")
         if "kill_rate" in report:
             print(f"mutants killed: {100 * report['kill_rate']:.0f}%")
+        if report["kernel_launches"]:
+            ran = ", ".join(f"{k} x{n}" for k, n in sorted(report["kernel_launches"].items()))
+            print(f"Triton kernels run ({report['kernels']} mode): {ran}")
         print(f"{report['passed']} passed, {report['failed']} failed, {report['skipped']} skipped "
               f"in {report['seconds']} s")
     return 0 if report["failed"] == 0 else 1
@@ -314,6 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     conf.add_argument("--quick", action="store_true", help="smaller sample sizes and fewer cases")
     conf.add_argument("--mutants", action="store_true", help="plant each known bug and check it is caught")
     conf.add_argument("--plot", metavar="DIR", help="write a PNG: each check's value against its threshold")
+    conf.add_argument("--kernels", choices=("auto", "triton", "reference"), default="auto",
+                      help="the kernels' dispatcher mode: triton runs the Triton kernels even on CPU tensors "
+                           "(interpreted, slow), reference the torch references everywhere (default: auto, "
+                           "Triton on CUDA tensors)")
     conf.add_argument("--json", action="store_true")
     conf.add_argument("--quiet", action="store_true")
     conf.set_defaults(func=cmd_conformance)

@@ -95,8 +95,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "tree residual not updated after a rejected child",
         "anydecode.algorithms.speculative.verify:verify_tree",
-        "                cur = residual_distribution(cur, q_child)\n",
-        "                pass\n",
+        "cur = residual_distribution(cur, q_child)",
+        "cur = cur",
         (("speculative", "lossless_exact"), ("aded", "lossless_exact")),
         "naive multi-draft: every child tested against the unchanged target (SpecInfer's update skipped)",
     ),
@@ -111,9 +111,9 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "ASAp's EFG not reduced after a dead end",
-        "anydecode.algorithms.grammar.transforms:AsapTransform.apply",
-        "                    row.trie.expand(row.node, 0.0)  # a dead end: nothing grammatical follows this prefix\n",
-        "                    pass\n",
+        "anydecode.algorithms.grammar.transforms:AsapTransform._prepare",
+        "row.trie.expand(row.node, 0.0)  # a dead end: nothing grammatical follows this prefix",
+        "pass",
         (("asap", "asap_dead_ends"),),
         "a prefix with no grammatical continuation keeps its estimate, so ASAp keeps sampling into it",
     ),
@@ -127,11 +127,20 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "grammar mask off by one token id",
-        "anydecode.algorithms.grammar.engine:GrammarMatcher.allowed_array",
-        "mask = np.array(self._engine_mask(), dtype=np.bool_, copy=True)",
-        "mask = np.roll(np.array(self._engine_mask(), dtype=np.bool_, copy=True), 1)",
+        "anydecode.kernels.masking:unpack_bitmask",
+        'bits = torch.from_numpy(np.unpackbits(as_bytes, axis=1, count=width, bitorder="little")).bool()',
+        'bits = torch.from_numpy(np.unpackbits(as_bytes, axis=1, count=width, bitorder="little")).bool()'
+        ".roll(1, dims=1)",
         (("gcd", "gcd_exact"),),
-        "the allowed-token bitmask read one token id too far",
+        "the packed allowed-token bitmask unpacked one token id too far (the masking kernel's reference)",
+    ),
+    Mutant(
+        "diverse beam penalty from the wrong group",
+        "anydecode.kernels.diverse_beam:beam_step_reference",
+        "earlier = chosen[:, : g * size]",
+        "earlier = chosen[:, g * size: (g + 1) * size]",
+        (("dbs", "dbs_golden"),),
+        "each group penalised by its own (still empty) choices instead of the earlier groups' tokens",
     ),
 )
 

@@ -31,9 +31,27 @@ def _decoders(names: Sequence[str] | None) -> list[Any]:
 
 def run_suite(runtime: str = "toy", quick: bool = False, progress: bool = False,
               decoders: Sequence[str] | None = None, mutants: bool = False,
-              plot: str | None = None) -> dict[str, Any]:
+              plot: str | None = None, kernels: str = "auto") -> dict[str, Any]:
     """Check every selected decoder's claim; returns the JSON report (``failed`` counts failed checks and
-    surviving mutants)."""
+    surviving mutants).
+
+    ``kernels`` is the dispatcher's mode for the checks (:func:`anydecode.kernels.use`): ``"triton"`` runs the
+    Triton kernels even on CPU tensors (interpreted), so the claims are proven on the kernels as well as on the
+    torch references; the report's ``kernel_launches`` counts the kernels that ran.
+    """
+    from anydecode import kernels as dispatcher
+
+    before = dispatcher.launches()
+    with dispatcher.use(kernels):
+        report = _run_suite(runtime, quick, progress, decoders, mutants, plot)
+    after = dispatcher.launches()
+    report["kernels"] = kernels
+    report["kernel_launches"] = {k: n - before.get(k, 0) for k, n in after.items() if n > before.get(k, 0)}
+    return report
+
+
+def _run_suite(runtime: str, quick: bool, progress: bool, decoders: Sequence[str] | None, mutants: bool,
+               plot: str | None) -> dict[str, Any]:
     import sys
 
     started = time.perf_counter()

@@ -8,6 +8,7 @@ when triton is installed, and the vectorised torch reference otherwise (see docs
 * :func:`sample_residual`, :func:`verify_tree_node`: residual sampling and SpecInfer's per-child residual updates;
 * :func:`diverse_beam_step`: Hamming penalty and per-group top-k candidates of diverse beam search;
 * :func:`warp_probs`: the sampler's temperature / top-k / top-p / min-p warp, batched with per-row settings;
+* :func:`launches`: how many times each Triton kernel ran (to confirm which path did the work);
 * :func:`use`: force ``"triton"`` (interpreted on CPU tensors), ``"reference"`` or ``"auto"`` in a block.
 
 Randomness comes from the counter-based generator of :mod:`.rng`. :mod:`.cpu_linear` is the CPU linear layer of
@@ -18,6 +19,7 @@ from .dispatch import (
     apply_token_masks,
     backend,
     diverse_beam_step,
+    launches,
     mode,
     sample_residual,
     triton_available,
@@ -32,6 +34,7 @@ __all__ = [
     "apply_token_masks",
     "backend",
     "diverse_beam_step",
+    "launches",
     "mode",
     "sample_residual",
     "triton_available",

@@ -171,9 +171,21 @@ def jit_module(name: str, interpreted: bool) -> Any:
             return importlib.import_module(full)
 
 
+_launches: dict[str, int] = {}
+
+
+def launches() -> dict[str, int]:
+    """How many times each Triton kernel (``"<module>.<entry>"``) has run in this process, compiled or interpreted:
+    lets a caller confirm the kernels, not the references, did the work."""
+    with _import_lock:
+        return dict(_launches)
+
+
 def run_kernel(name: str, device: torch.device, *args: Any, entry: str = "launch", **kwargs: Any) -> Any:
     """Call ``entry(*args, **kwargs)`` of ``kernels/jit/<name>.py``: interpreted for tensors off CUDA."""
     interpreted = device.type != "cuda"
+    with _import_lock:
+        _launches[f"{name}.{entry}"] = _launches.get(f"{name}.{entry}", 0) + 1
     launch = getattr(jit_module(name, interpreted), entry)
     if not interpreted:
         return launch(*args, **kwargs)

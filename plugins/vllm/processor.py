@@ -290,19 +290,25 @@ class AnydecodeLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
         slot.output_ids[:] = tokens[prompt_len:]
 
     def apply(self, logits: torch.Tensor, ctx: Any = None) -> torch.Tensor:
+        """Every anydecode row of the step in one ``RequestTable.apply_batch`` call (so one masking kernel launch per
+        transform on CUDA); rows of other requests are left as they are."""
         if not self.slots:
             return logits
         if ctx is None:  # V1: row i of the batch is request index i
-            for index, slot in self.slots.items():
-                logits[index] = self.requests.apply(index, slot.output_ids, logits[index].float()).to(logits.dtype)
+            rows = [(index, index, slot) for index, slot in self.slots.items() if index < logits.shape[0]]
+        else:  # V2: row i is the request in slot expanded_idx_mapping[i]
+            rows = []
+            for i, index in enumerate(ctx.expanded_idx_mapping.tolist()):
+                slot = self.slots.get(index)
+                if slot is not None:
+                    self._refresh_v2(index, slot)
+                    rows.append((i, index, slot))
+        if not rows:
             return logits
-        slots = ctx.expanded_idx_mapping.tolist()
-        for i, index in enumerate(slots):
-            slot = self.slots.get(index)
-            if slot is None:
-                continue
-            self._refresh_v2(index, slot)
-            logits[i] = self.requests.apply(index, slot.output_ids, logits[i].float()).to(logits.dtype)
+        picked = [i for i, _, _ in rows]
+        out = self.requests.apply_batch([index for _, index, _ in rows], [slot.output_ids for _, _, slot in rows],
+                                        logits[picked].float())
+        logits[picked] = out.to(logits.dtype)
         return logits
 
 

@@ -39,6 +39,16 @@ def test_toy_suite_passes_and_kills_every_planted_bug(tmp_path):
     (tmp_path / "report.json").write_text(json.dumps(report, default=str))
 
 
+def test_the_same_claims_hold_on_the_triton_kernels_interpreted():
+    """Speculative decoding, gcd and asap with the dispatcher forced to the Triton kernels (Triton's interpreter
+    on CPU tensors): the exact checks pass, and the kernels, not the torch references, did the masking and the
+    chain verification."""
+    report = run_suite("toy", quick=True, decoders=["speculative", "gcd", "asap"], kernels="triton")
+    assert not failures(report), failures(report)
+    assert report["kernel_launches"].get("masking.launch", 0) > 0, report["kernel_launches"]
+    assert report["kernel_launches"].get("verify.launch", 0) > 0, report["kernel_launches"]
+
+
 def test_every_mutant_still_applies_to_the_code_it_plants_a_bug_in():
     for mutant in MUTANTS:
         mutant.patched_code()  # MutantError when the snippet left its function
