@@ -1,15 +1,15 @@
 """A CPU linear layer for small token blocks: oneDNN's matmul over the layer's own dense fp32 weights.
 
 Why: speculative verification runs a transformer over blocks of 2-16 tokens. On x86 CPUs the matmul behind
-``torch.nn.functional.linear`` (MKL) is memory-bound and slow for such blocks: measured with SmolLM2-135M (fp32,
-2 cores), a 1-token forward costs 67 ms, 2 tokens 114 ms, 3 tokens 132 ms, 8 tokens 96 ms, so verifying a draft
-costs 1.4-2x a plain decoding step. oneDNN's matmul reads the same weights in place (no copy, no repacking) at
-51 ms for 1 token, 55 ms for 2, 68 ms for 8 and 81 ms for 16.
+``torch.nn.functional.linear`` (MKL) is memory-bound and slow for such blocks: a block of a few tokens costs well
+over a one-token step, so verifying a draft costs more than the step it saves. oneDNN's matmul reads the same
+weights in place (no copy, no repacking) and keeps a block's cost close to a one-token step's (figures in
+docs/benchmarks.md, "The CPU kernel's forward costs").
 
 ``torch.ops.mkldnn._linear_pointwise`` is a private operator (PyTorch's inductor emits it), so it is used only on
 the PyTorch releases it was checked on (``TESTED_TORCH``), on x86-64, for fp32 CPU tensors without autograd; anything
 else takes ``torch.nn.functional.linear``. The reference is ``torch.nn.functional.linear``: results agree to
-float32 rounding (measured: logits within 1.2e-4 on the embedded model), not bit for bit, as MKL itself differs
+float32 rounding, not bit for bit, as MKL itself differs
 between 1-row and multi-row blocks.
 
 :func:`fast_linear` swaps the ``forward`` of a model's ``nn.Linear`` modules for the duration of a ``with`` block and

@@ -8,14 +8,11 @@ greedy decoding.
 Where the output is not aligned with the input (the model rewrites a sentence, or repeats itself), the paper's
 drafter proposes nothing and the step decodes one token. With ``fallback`` it drafts by n-gram lookup instead: the
 continuation of the latest earlier occurrence of the last generated tokens, in the generated text first, then in the
-whole context. Measured on the 40 editing prompts (greedy outputs of the embedded model replayed offline): half of
-all steps had no alignment; the fallback raised tokens per target pass from 3.35 to 3.84, and transformers' iad from
-3.02x to 3.25x of native greedy. Its drafts are accepted less often than input drafts, so it pays only where a
-further token in a block is cheap: by default it is on where the session says so (transformers: about 9% of a
-forward for the second token) and off in llama.cpp (80% for the second token; measured there: 1.06x of plain
-decoding with it, 1.15x without) and where the cost is unknown (vLLM's proposer, whose engine verifies a fixed
-number of draft tokens: with it, vLLM accepted 43% of IAD's draft tokens instead of 67% on the editing test
-prompts).
+whole context. Its drafts are accepted less often than input drafts, so it pays only where a further token in a
+block is cheap: by default it is on where the session says so (transformers on a CPU, whose block forwards cost
+little more than one token) and off in llama.cpp (whose block forwards cost a step of their own) and where the cost
+is unknown (vLLM's proposer, whose engine verifies a fixed number of draft tokens). The measurements behind these
+defaults are in docs/drafters.md.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ Costs, with ``D = max_depth``:
   from it, it is found again by a scan of the node's children the next time it is read.
 
 Memory: at most ``1 + D * n`` nodes for ``n`` indexed tokens (natural text comes close: long substrings are
-unique), 36 bytes each in flat arrays plus a small dict for each node with two or more children: measured about
-66 bytes per node with the arrays' spare capacity, so about 1.6 KB per indexed token at ``D = 24``.
+unique), 36 bytes each in flat arrays plus a small dict for each node with two or more children (figures in
+docs/drafters.md).
 """
 
 from __future__ import annotations

@@ -43,8 +43,8 @@ class HFSession(ModelSession):
                 f"fast_linear=True needs a CPU model, x86-64 and PyTorch {' or '.join(cpu_linear.TESTED_TORCH)} "
                 f"(this is {self.device.type}, PyTorch {torch.__version__})")
         self._linears = cpu_linear.linear_modules(model) if self.fast_linear else []
-        # a forward is mostly fixed cost: on CPU (135M, fp32, 2 threads) with oneDNN 1 token 51 ms, 8 tokens 68 ms,
-        # 16 tokens 81 ms; with MKL 1 token 67 ms, 8 tokens 96 ms, 32 tokens 142 ms
+        # the draft controller's prior (c0, c1[, cb]) in units of a one-token forward: on a CPU a forward is mostly
+        # fixed cost (docs/benchmarks.md, "The CPU kernel's forward costs"); on a GPU almost entirely so
         self.forward_cost = ((0.97, 0.03, 0.06) if self.fast_linear else (1.0, 0.02)) if self.device.type == "cpu" \
             else (1.0, 0.002)
 

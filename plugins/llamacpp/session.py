@@ -21,8 +21,9 @@ from ._runtime import check_llama, import_llama_cpp
 class LlamaSession(ModelSession):
     """One sequence in a ``Llama``'s context. ``start(prompt)`` returns the logits after the prompt."""
 
-    #: ``(c0, c1, cb)`` of ``c0 + c1 * width + cb * (width > 1)``, measured on CPU (Q4_1, 2 threads): 1 token 9.2 ms,
-    #: 2 tokens 16.6 ms, 4 tokens 23 ms, 8 tokens 37.7 ms, 16 tokens 64.1 ms
+    #: the draft controller's prior ``(c0, c1, cb)`` of ``c0 + c1 * width + cb * (width > 1)`` in units of a one-token
+    #: forward: a block of several tokens takes another kernel path, so it costs a step of its own (``cb``); the
+    #: controller replaces the prior with what it measures
     forward_cost = (0.63, 0.37, 0.43)
 
     def __init__(self, llm):
