@@ -159,7 +159,7 @@ def greedy_through(decoder: Decoder, env: RuntimeEnv, claim: str, settings: dict
     if native is None:
         return [CheckResult("identical to the runtime's greedy decoding", decoder.name, env.name, claim, True,
                             skipped=f"runtime {env.name!r} has no native-greedy loop")]
-    gap = getattr(env.runtime, "greedy_parting_gap", 0.0)
+    gap = env.runtime.greedy_parting_gap(env.handle)
     identical = worst = 0
     prompts = GREEDY_PROMPTS[:2] if env.quick else GREEDY_PROMPTS
     parted = []
@@ -199,12 +199,14 @@ ASAP_GRAMMARS = ("000|1[01][01]", "111|2[12][12]", "aaa|b[ab][ab]")
 
 
 def _grammar_law(decoder: Decoder, env: RuntimeEnv, prompt: list[int], candidates: Sequence[str],
-                 max_new_tokens: int, extra: dict[str, Any]) -> tuple[str, Any, Any, dict[Any, float]] | None:
-    """The first candidate regex with at least two sequences for this vocabulary: (regex, config, ctx, law)."""
+                 max_new_tokens: int, extra: dict[str, Any], probs: Callable[[tuple], np.ndarray] | None = None
+                 ) -> tuple[str, Any, Any, dict[Any, float]] | None:
+    """The first candidate regex with at least two sequences for this vocabulary: (regex, config, ctx, law), the
+    law computed from ``probs`` (default: the probabilities the runtime's session gives, ``env.probs_after``)."""
     from anydecode.algorithms.grammar.spec import GrammarError
     from anydecode.algorithms.grammar.exact import transform_distribution
 
-    probs = env.probs_after(prompt)
+    probs = probs or env.probs_after(prompt)
     for regex in candidates:
         config = decoder.configure({"grammar": regex, "grammar_format": "regex", **extra})
         ctx = env.runtime.open(env.handle, [prompt], max_new_tokens=max_new_tokens)
@@ -327,7 +329,174 @@ def deal_through(decoder: Decoder, env: RuntimeEnv) -> list[CheckResult]:
                      "mismatches", mismatches, 1, detail="2 prompts")]
 
 
+# -- the runtime's native paths (Runtime.native_draws, Runtime.native_speculative_greedy), where it offers them ------
+#: prompts whose greedy continuation copies from the prompt (in the model's chat template), so that every built-in
+#: drafter has drafts to make and the runtime accepts some of them
+SPECULATIVE_PROMPTS = (
+    "Fix the spelling of this sentence and reply with the corrected sentence only: "
+    "My freind and I walkd to the libary on Saturday morning to return the books we borowed last month.",
+    "Repeat this list exactly: apple, banana, cherry, apple, banana, cherry, apple, banana, cherry.",
+    "Rename the variable x to total in this code and reply with the code only:\n"
+    "def add_all(items):\n    x = 0\n    for item in items:\n        x += item\n    return x",
+    "Fix the grammar and spelling of this paragraph. Reply with the corrected paragraph only.\n\n"
+    "The library in our town is open untill eight o'clock on weekdays, but many people dont know that.",
+)
+
+
+def _native_logits(env: RuntimeEnv, prompt: Sequence[int]) -> Callable[[tuple], np.ndarray]:
+    """``logits(prefix)``: all of the vocabulary's logits after ``prompt + prefix``, as the runtime's native path
+    computes them (``Runtime.next_token_logits``; cached)."""
+    cache: dict[tuple, np.ndarray] = {}
+
+    def logits(prefix: tuple) -> np.ndarray:
+        if prefix not in cache:
+            cache[prefix] = env.runtime.next_token_logits(env.handle, [*prompt, *prefix]).double().numpy()
+        return cache[prefix]
+    return logits
+
+
+def _softmax(logits: np.ndarray | torch.Tensor) -> np.ndarray:
+    return torch.softmax(torch.as_tensor(logits).double(), -1).numpy()
+
+
+NATIVE = "native hook"
+
+
+def native_sampling_through(decoder: Decoder, env: RuntimeEnv, claim: str) -> list[CheckResult]:
+    """Draws by the runtime's own sampler, with the decoder installed through the runtime's native logits hook,
+    follow the exact law computed from the runtime's own logits (all of the vocabulary); for ``sample``, the
+    planted bug (nucleus before temperature) is rejected on the same draws."""
+    prompt = env.encode(PROMPT)
+    eos = env.runtime.tokenizer(env.handle).eos_token_id
+    logits = _native_logits(env, prompt)
+    if decoder.name == "sample":
+        settings: dict[str, Any] = dict(SAMPLING)
+        target = _two_token_law(lambda pre: target_distribution(logits(pre), **SAMPLING), eos)
+        bug: dict | None = _two_token_law(lambda pre: planted_top_p_before_temperature(logits(pre), **SAMPLING), eos)
+    else:  # a third-party sampling decoder: its own transform's law on the runtime's logits
+        settings = {"temperature": 1.0}
+        ctx = env.runtime.open(env.handle, [prompt], max_new_tokens=2)
+        transform = decoder.transform(decoder.configure(settings), ctx)
+        state = transform.start(prompt)
+        target = _two_token_law(
+            lambda pre: _softmax(transform.apply(state, list(pre), torch.from_numpy(logits(pre)))), eos)
+        bug = None
+    n = sample_size_for_tv(0.12 if env.quick else 0.08, categories=min(len(target), 200))
+    samples = env.runtime.native_draws(env.handle, decoder.name, settings, prompt, n, 2)
+    fit = chi_square_test(samples, target)
+    out = [measured(f"{NATIVE}: two-token draws by the runtime's sampler follow the target (chi-square)",
+                    decoder.name, env.name, claim, "p", fit.p_value, ALPHA, "above",
+                    f"categories={fit.categories}; the runtime's own sampler, the decoder in its logits hook", fit.n)]
+    if bug is not None:
+        neg = chi_square_test(samples, bug)
+        tv = 0.5 * sum(abs(target.get(k, 0) - bug.get(k, 0)) for k in set(target) | set(bug))
+        out.append(measured(f"{NATIVE}: planted bug rejected on the same draws", decoder.name, env.name, claim, "p",
+                            neg.p_value, ALPHA, "below", f"TV(bug, target)={tv:.3f}", neg.n))
+    return out
+
+
+def native_gcd_through(decoder: Decoder, env: RuntimeEnv) -> list[CheckResult]:
+    """GCD installed through the runtime's native logits hook, sampled by the runtime: sequences follow P restricted
+    to the grammar at each step (exact law from the runtime's logits, all of the vocabulary)."""
+    name = f"{NATIVE}: sequences by the runtime's sampler follow P restricted to the grammar (chi-square)"
+    prompt = env.encode("Is the sky blue? Answer yes or no:")
+    logits = _native_logits(env, prompt)
+    found = _grammar_law(decoder, env, prompt, GCD_GRAMMARS, 4, {"temperature": 1.0},
+                         probs=lambda pre: _softmax(logits(pre)))
+    if found is None:
+        return [_no_grammar(decoder, env, "grammar-constrained", name, GCD_GRAMMARS)]
+    regex, _, _, law = found
+    settings = {"grammar": regex, "grammar_format": "regex", "temperature": 1.0}
+    n = sample_size_for_tv(0.1, categories=max(len(law), 2))
+    samples = env.runtime.native_draws(env.handle, decoder.name, settings, prompt, n, 4)
+    fit = chi_square_test(samples, law)
+    outside = sum(s not in law for s in samples)
+    res = measured(name, decoder.name, env.name, "grammar-constrained", "p", fit.p_value, ALPHA, "above",
+                   f"grammar {regex!r}: {len(law)} sequences in the language; {outside} draws outside it", fit.n)
+    res.passed = res.passed and outside == 0
+    return [res]
+
+
+def _drafter_of(decoder: Decoder) -> tuple[str | None, dict[str, Any]]:
+    """The registered drafter a speculative decoder runs with its default settings, and that drafter's settings."""
+    from anydecode.algorithms.contracts.errors import AnydecodeError
+    from anydecode.registry import get_registry
+
+    config = decoder.configure({})
+    name = getattr(config, "drafter", None)
+    if isinstance(name, str):  # ``speculative``: any drafter, named in its config
+        return name, dict(getattr(config, "drafter_settings", ()) or ())
+    try:  # ``iad``, ``aded``, ...: the drafter of the decoder's own name
+        get_registry().get("drafter", decoder.name)
+    except AnydecodeError:
+        return None, {}
+    return decoder.name, {}
+
+
+def _parting_gap(env: RuntimeEnv, ids: list[int], got: list[int], want: list[int]) -> float:
+    """The log-probability gap (in the runtime's distribution) between the two tokens where ``got`` first parts
+    from ``want``; infinite where one is a prefix of the other."""
+    at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+    if at == min(len(got), len(want)):
+        return float("inf")
+    p = env.probs_after(ids)(tuple(want[:at]))
+    return abs(float(np.log(p[got[at]] + 1e-300) - np.log(p[want[at]] + 1e-300)))
+
+
+def native_speculative_through(decoder: Decoder, env: RuntimeEnv) -> list[CheckResult]:
+    """The decoder's drafter as the runtime's own speculative proposer: greedy output identical to the runtime's
+    plain greedy decoding, with drafts made and accepted (the runtime's own counters)."""
+    name = f"{NATIVE}: the runtime's speculative decoding with this drafter equals its plain greedy"
+    drafter, settings = _drafter_of(decoder)
+    native = env.runtime.baselines(env.handle).get("native-greedy")
+    if drafter is None or native is None:
+        why = f"no registered drafter named {decoder.name!r}" if drafter is None else "no native-greedy loop"
+        return [CheckResult(name, decoder.name, env.name, "lossless", True, skipped=why)]
+    prompts = [env.runtime.encode(env.handle, text, chat=True)
+               for text in (SPECULATIVE_PROMPTS[:3] if env.quick else SPECULATIVE_PROMPTS)]
+    tokens = 40 if env.quick else 64
+    try:
+        spec = env.runtime.native_speculative_greedy(env.handle, drafter, settings, prompts, tokens)
+    except NotImplementedError as exc:
+        return [CheckResult(name, decoder.name, env.name, "lossless", True, skipped=str(exc))]
+    gap = env.runtime.greedy_parting_gap(env.handle)
+    identical, parted = 0, []
+    for ids, got in zip(prompts, spec.outputs):
+        env.runtime.reset(env.handle)
+        want, _ = native(ids, tokens, {})
+        if got == want:
+            identical += 1
+        else:
+            parted.append(_parting_gap(env, ids, got, want))
+    share = identical / len(prompts)
+    res = measured(name, decoder.name, env.name, "lossless", "identical share", share, 1.0 if gap == 0 else 0.0,
+                   "above", f"drafter {drafter!r}: {identical}/{len(prompts)} identical, partings at log-prob gaps "
+                   f"{parted} (allowed {gap}); {spec.accepted_tokens}/{spec.draft_tokens} draft tokens accepted "
+                   f"(the runtime's counters); {spec.note}", len(prompts))
+    res.passed = res.passed and all(t <= gap for t in parted) and spec.accepted_tokens > 0
+    return [res]
+
+
+def native_checks_for(decoder: Decoder, env: RuntimeEnv) -> list[Callable[[], list[CheckResult]]]:
+    """The checks of the runtime's native paths that apply to ``decoder`` and that the runtime offers."""
+    claim = decoder.claim
+    checks: list[Callable[[], list[CheckResult]]] = []
+    if env.runtime.offers("native_draws") and decoder.kind == "transform":
+        if claim == "sampling":
+            checks.append(lambda: native_sampling_through(decoder, env, "sampling"))
+        elif claim == "grammar-constrained":
+            checks.append(lambda: native_gcd_through(decoder, env))
+    if env.runtime.offers("native_speculative_greedy") and claim == "lossless":
+        checks.append(lambda: native_speculative_through(decoder, env))
+    return checks
+
+
 def runtime_checks_for(decoder: Decoder, env: RuntimeEnv) -> list[Callable[[], list[CheckResult]]]:
+    return _loop_checks_for(decoder, env) + native_checks_for(decoder, env)
+
+
+def _loop_checks_for(decoder: Decoder, env: RuntimeEnv) -> list[Callable[[], list[CheckResult]]]:
+    """The checks that drive the runtime through anydecode's own loop (``Runtime.open`` and a decode context)."""
     claim = decoder.claim
     if decoder.name == "sample":
         return [lambda: sampling_through(decoder, env)]

@@ -6,7 +6,7 @@ from .config import DecoderConfig, SamplingConfig, config_field
 from .decoder import DecodeContext, DecodeResult, Decoder, TransformContext
 from .errors import AnydecodeError, ConfigError, ContextFull, RegistryError, RuntimeAdapterError
 from .generation import GeneratedSequence, Generation
-from .runtime import RowsFactory, Runtime, RuntimeProcessors, StoppingRule, TokenizerView
+from .runtime import NativeSpeculation, RowsFactory, Runtime, RuntimeProcessors, StoppingRule, TokenizerView
 from .session import ModelSession
 from .transform import LogitsTransform, TransformState
 
@@ -24,6 +24,7 @@ __all__ = [
     "Generation",
     "LogitsTransform",
     "ModelSession",
+    "NativeSpeculation",
     "RegistryError",
     "RowsFactory",
     "Runtime",

@@ -30,6 +30,9 @@ class ComponentSpec:
     config_cls: type[DecoderConfig] | None = None
     description: str = ""
     source: str = ""
+    #: drafters: whether the drafter drafts from ``DecodeContext.prediction`` (OpenAI's predicted outputs); a server
+    #: whose drafter does not refuses requests that send a prediction, rather than ignoring it
+    accepts_prediction: bool = False
 
     def configure(self, values: dict[str, Any] | None = None, *, from_strings: bool = False) -> DecoderConfig | None:
         if self.config_cls is None:

@@ -13,11 +13,18 @@ What a runtime gives a decoder travels in typed fields of :class:`~.decoder.Deco
   tokens, ...) and stopping rules (:class:`StoppingRule`: stop strings, custom criteria), which every decoder
   applies;
 * the owner that per-model state is keyed on (``owner``: ADED's tri-gram tables, suffix corpora).
+
+A runtime may also offer optional native paths, which ``anydecode conformance`` checks where they are offered
+(:meth:`Runtime.offers`): draws by the runtime's own sampler with a transform decoder installed through its native
+logits hook (:meth:`Runtime.native_draws`), and greedy decoding through the runtime's own speculative decoding with
+an anydecode drafter as its proposer (:meth:`Runtime.native_speculative_greedy`). A runtime that does not offer
+them leaves the defaults, which raise NotImplementedError.
 """
 
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -69,6 +76,20 @@ class StoppingRule(abc.ABC):
 #: ``open_rows(rows, extra_tokens) -> (session, logits after each prompt)``: a session holding each prompt once that
 #: can grow to ``rows`` rows, each up to ``max_new_tokens + extra_tokens`` new tokens (search decoders)
 RowsFactory = Callable[[int, int], "tuple[ModelSession, torch.Tensor]"]
+
+
+@dataclasses.dataclass
+class NativeSpeculation:
+    """Greedy outputs of a runtime's own speculative decoding with an anydecode drafter as its proposer
+    (:meth:`Runtime.native_speculative_greedy`), and the runtime's own counters for that call."""
+
+    #: generated token ids of each prompt
+    outputs: list[list[int]]
+    #: draft tokens the runtime verified, and how many of them it accepted
+    draft_tokens: int
+    accepted_tokens: int
+    #: what a report should say about this path (a limitation of the runtime, the draft length)
+    note: str = ""
 
 
 class Runtime(abc.ABC):
@@ -126,5 +147,35 @@ class Runtime(abc.ABC):
         assert ctx.prompt_logits is not None
         return ctx.prompt_logits[0].float()
 
+    def greedy_parting_gap(self, handle: Any) -> float:
+        """The largest log-probability gap between the top two tokens at which a greedy-identical decoder may part
+        from the runtime's own greedy decoding: 0 where a block forward (speculative verification) gives exactly the
+        logits of one-token forwards, else twice their largest measured difference (an argmax can flip only at a
+        near-tie that small). Conformance allows partings only at such gaps."""
+        return 0.0
+
     def check(self, decoder: Decoder, config: DecoderConfig) -> None:
         """Refuse a decoder this runtime cannot run (RuntimeAdapterError naming the reason)."""
+
+    # -- optional native paths (``anydecode conformance`` checks those a runtime offers) ------------------------------
+    def offers(self, capability: str) -> bool:
+        """Whether this runtime implements the optional method ``capability`` (``"native_draws"``,
+        ``"native_speculative_greedy"``)."""
+        return getattr(type(self), capability, None) is not getattr(Runtime, capability, None)
+
+    def native_draws(self, handle: Any, decoder: str, settings: Mapping[str, Any], prompt_ids: Sequence[int],
+                     n: int, max_new_tokens: int) -> list[tuple[int, ...]]:
+        """Optional: ``n`` continuations of ``prompt_ids`` drawn by the runtime's own sampler, with the transform
+        decoder ``decoder`` (``settings`` as a request sends them) installed through the runtime's native logits
+        hook; each draw is its own seeded request, at most ``max_new_tokens`` tokens, the end-of-sequence token
+        included where it ends one. The runtime's sampler adds no warping of its own (temperature 1, no top-k,
+        top-p or min-p), so the draws follow the transform's law on the logits :meth:`next_token_logits` gives
+        (all of the vocabulary). NotImplementedError: not offered (the default)."""
+        raise NotImplementedError(f"runtime {self.name!r} offers no native draws")
+
+    def native_speculative_greedy(self, handle: Any, drafter: str, settings: Mapping[str, Any],
+                                  prompts: Sequence[Sequence[int]], max_new_tokens: int) -> NativeSpeculation:
+        """Optional: greedy continuations of ``prompts`` through the runtime's own speculative decoding, with the
+        registered drafter ``drafter`` (its ``settings``) as the runtime's proposer. NotImplementedError: not
+        offered (the default), or not for this drafter (the message says why)."""
+        raise NotImplementedError(f"runtime {self.name!r} offers no native speculative decoding")

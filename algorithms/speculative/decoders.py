@@ -98,11 +98,12 @@ BUILTIN_DRAFTERS: dict[str, ComponentSpec] = {spec.name: spec for spec in (
     ComponentSpec("prompt_lookup", _prompt_lookup, PromptLookupConfig,
                   "drafts what followed the last n-gram earlier in the context"),
     ComponentSpec("iad", _iad, IADConfig,
-                  "Input-guided Aggressive Decoding: copies the input span from the aligned position"),
+                  "Input-guided Aggressive Decoding: copies the input span from the aligned position",
+                  accepts_prediction=True),
     ComponentSpec("aded", _aded, ADEDConfig, "ADED: tri-gram table learnt online, draft trees grown with PUCT"),
     ComponentSpec("suffix", _suffix, SuffixConfig,
                   "SuffixDecoding: the most frequent continuation in a suffix tree of the prompt, the output and "
-                  "earlier outputs"),
+                  "earlier outputs", accepts_prediction=True),
     ComponentSpec("oracle", _oracle, OracleConfig,
                   "benchmarks only: drafts a recorded continuation (perfect drafts measure the limit)"),
 )}

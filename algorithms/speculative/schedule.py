@@ -76,6 +76,19 @@ class DraftLengthController:
         self.hits = [4.0 * prior_acceptance] * rows
         self.trials = [4.0] * rows
 
+    def add_row(self) -> int:
+        """One more row, with the priors (where rows come and go: vLLM's proposer gives each request one, reused
+        through :meth:`reset_row` once the request has ended); returns its index."""
+        for values, prior in ((self.idle, 0), (self.wait, self.probe_every), (self.probing, False),
+                              (self.bank, 0.0), (self.hits, 4.0 * self.prior_acceptance), (self.trials, 4.0)):
+            values.append(prior)  # type: ignore[attr-defined]
+        return len(self.idle) - 1
+
+    def reset_row(self, row: int) -> None:
+        """Back to the priors: the row now holds another request."""
+        self.idle[row], self.wait[row], self.probing[row], self.bank[row] = 0, self.probe_every, False, 0.0
+        self.hits[row], self.trials[row] = 4.0 * self.prior_acceptance, 4.0
+
     def record_forward(self, width: int, seconds: float) -> None:
         if self.fixed_cost is None:
             self.samples.append((width, seconds))

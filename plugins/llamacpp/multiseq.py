@@ -53,6 +53,7 @@ def _context_for(llm: Any, n_ctx: int, n_seq_max: int) -> tuple[Any, int]:
     own = llm.context_params
     params.n_threads = own.n_threads
     params.n_threads_batch = own.n_threads_batch
+    params.flash_attn_type = own.flash_attn_type  # the same attention path as the Llama's own context
     try:
         context = lib._internals.LlamaContext(model=llm._model, params=params, verbose=False)
     except ValueError as exc:

@@ -31,6 +31,11 @@ def load_default(n_ctx: int = 4096, n_threads: int | None = None, **kwargs: Any)
     llama-cpp-python's own default is half the cores for one-token steps (``n_threads``) and all of them for
     batches (``n_threads_batch``), which runs a baseline's one-token steps on fewer cores than a speculative
     decoder's blocks; both get every core here (see docs/runtimes/llamacpp.md).
+
+    Flash attention is on by default: with it, llama.cpp's CPU attention treats every query row of a block the same
+    way as a one-token step, so a block forward (speculative verification) gives exactly the logits of one-token
+    forwards and greedy speculation is identical to greedy decoding. Without it a block takes another attention
+    path whose logits differ slightly (docs/runtimes/llamacpp-numerics.md).
     """
     from anydecode.models import check_gguf, default_gguf_path
 
@@ -39,6 +44,7 @@ def load_default(n_ctx: int = 4096, n_threads: int | None = None, **kwargs: Any)
     path = check_gguf(path) if path else default_gguf_path()
     threads = n_threads or default_threads()
     kwargs.setdefault("n_threads_batch", threads)
+    kwargs.setdefault("flash_attn", True)
     return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads,
                            verbose=kwargs.pop("verbose", False), **kwargs)
 
@@ -142,8 +148,41 @@ class LlamaCppRuntime(Runtime):
                 lookups["lookup"] = llama_cpp.Llama(
                     model_path=handle.model_path, n_ctx=handle.n_ctx(), verbose=False,
                     n_threads=handle.context_params.n_threads, n_threads_batch=handle.context_params.n_threads_batch,
+                    flash_attn=handle.context_params.flash_attn_type == llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
                     draft_model=LlamaPromptLookupDecoding(num_pred_tokens=10))
             return native(lookups["lookup"])(prompt, max_new_tokens, sampling)
 
         lookups: dict[str, Any] = {}
         return {"native-greedy": native(handle), "native-prompt-lookup": prompt_lookup}
+
+    def greedy_parting_gap(self, handle: Any) -> float:
+        """Twice the largest logit difference between one block forward and one-token forwards over the same
+        tokens, measured on this model and machine (0 with flash attention on, llama.cpp's CPU default here)."""
+        gap = _PARTING_GAPS.get(id(handle))
+        if gap is None:
+            gap = _PARTING_GAPS[id(handle)] = 2.0 * block_logit_difference(handle)
+        return gap
+
+
+#: greedy_parting_gap per loaded Llama (by id: measured once per model load)
+_PARTING_GAPS: dict[int, float] = {}
+
+
+def block_logit_difference(llm: Any, text: str = "The quick brown fox jumps over the lazy dog. It was",
+                           n: int = 8) -> float:
+    """The largest absolute difference between the logits of ``n`` tokens fed as one block and fed one at a time
+    (the greedy continuation of ``text``); resets the Llama's context."""
+    import numpy as np
+
+    prompt = llm.tokenize(text.encode(), add_bos=True)
+    llm.reset()
+    session = LlamaSession(llm)
+    rows = [session.start(prompt)[-1].float().numpy()]
+    tokens: list[int] = []
+    for _ in range(n):
+        tokens.append(int(rows[-1].argmax()))
+        rows.append(session.step([tokens[-1]])[-1].float().numpy())
+    session.truncate(len(prompt))
+    together = session.append([tokens])[0].float().numpy()
+    llm.reset()
+    return float(np.abs(together - np.stack(rows[1:])).max())

@@ -4,7 +4,9 @@ A vLLM endpoint plugin (entry point ``vllm.endpoint_plugins: anydecode``; vLLM l
 ``VLLM_PLUGINS`` names them, which ``anydecode serve`` does). The decoder runs in a thread; each of its steps
 sends one request per row to the engine client (all rows of a step concurrently, prefix caching doing the reuse)
 and waits for their log-probabilities. The plugin also installs anydecode's request gate in front of the OpenAI
-routes (:mod:`.middleware`) and, on the API server, the grammar checker process (:mod:`.grammar_check`).
+routes (:mod:`.middleware`) and, on the API server, the grammar checker process (:mod:`.grammar_check`); on a
+speculative server it attaches the proposer to vLLM's model runner so that requests' predictions are drafted from
+(:mod:`.prediction`).
 
 Request: ``{"prompt": str | [str], "decoder": "dbs", "max_tokens": 32, <decoder settings>...}``.
 Response: ``{"object": "anydecode.completion", "decoder", "choices": [{"index", "prompt_index", "text",
@@ -28,6 +30,8 @@ from typing import Any
 
 from anydecode.algorithms.contracts.errors import REQUEST_ERRORS, AnydecodeError, ConfigError
 from anydecode.algorithms.contracts.serving import RequestSettingError, check_request
+
+from .middleware import ENV_SPECULATIVE
 
 ROUTE = "/v1/anydecode/completions"
 #: counters of this API-server process (searches running, the grammar checker's verdicts); no settings, no text
@@ -83,6 +87,26 @@ class AnydecodeEndpoint:
             self.checker = grammar_check.GrammarChecker(tokenizer_name, self.server.policy.limits, warm)
             grammar_check.install(self.checker)
             threading.Thread(target=self.checker.start, daemon=True, name="anydecode-checker-start").start()
+        if os.environ.get(ENV_SPECULATIVE):
+            await self._serve_predictions(engine_client)
+
+    async def _serve_predictions(self, engine_client: Any) -> None:
+        """On a speculative server: attach the worker's proposer to vLLM's model runner (it then finds requests by
+        id and drafts from their predictions) and give the request gate the tokenizer and engine client it needs
+        for ``prediction`` (:mod:`.prediction`). Where that fails, requests with a prediction get HTTP 400."""
+        from . import prediction
+
+        try:
+            results = await engine_client.collective_rpc(prediction.ATTACH_RPC)
+            answers = results if isinstance(results, list) else [results]
+            refused = [a for a in answers if not (isinstance(a, dict) and a.get("predictions"))]
+            ready = None if answers and not refused else str(
+                refused[0].get("reason") if refused and isinstance(refused[0], dict) else "no worker answered")
+        except Exception as exc:  # an older worker extension, or none: predictions are refused, the rest serves
+            ready = f"the worker extension could not attach the proposer ({type(exc).__name__}: {exc})"
+        if ready is not None:
+            logger.warning("anydecode: requests with a prediction will be refused: %s", ready)
+        prediction.install(prediction.PredictionService(self.tokenizer, engine_client, ready))
 
     def attach_router(self, app: Any) -> None:
         from fastapi import Request

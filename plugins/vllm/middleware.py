@@ -14,6 +14,10 @@ vLLM's API-key check and before vLLM parses the body of ``POST /v1/completions``
    problem; the event loop keeps serving meanwhile.
 4. A speculative server (``anydecode serve --decoder iad``) answers 400 to a request naming a transform decoder
    (vLLM cannot combine speculation with logits processors).
+5. A request's ``prediction`` (OpenAI's predicted outputs) is checked (shape, ``prediction_bytes``), tokenised off
+   the event loop and moved into ``vllm_xargs`` for the proposer, which drafts from it; the response's usage gets
+   ``accepted_prediction_tokens`` and ``rejected_prediction_tokens`` (:mod:`.prediction`). Servers that cannot draft
+   from it (no speculation, or a drafter that ignores predictions) answer 400 rather than ignore it.
 
 Every other request passes untouched; a rewritten body is replayed with its new length.
 """
@@ -21,14 +25,17 @@ Every other request passes untouched; a rewritten body is replayed with its new 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from anydecode.algorithms.contracts.errors import AnydecodeError
 
 from . import grammar_check
+from . import prediction as predicted_outputs
 from .settings import TENANT_KEY, ServerSettings, frontend_settings, plan_request, sign_tenant
 
 ENV_SPECULATIVE = "ANYDECODE_VLLM_SPECULATIVE"
@@ -107,12 +114,23 @@ def _bearer(scope: Mapping[str, Any]) -> str:
     return ""
 
 
+@dataclasses.dataclass(frozen=True)
+class Predicted:
+    """A request that sent a prediction: the key its usage counts are collected under (None: an empty prediction,
+    nothing drafted, counts 0)."""
+
+    key: str | None
+
+
 class RequestGate:
     """Rewrites and checks the OpenAI requests of an anydecode server (see the module docstring)."""
 
-    def __init__(self, server: ServerSettings, speculative: str | None = None):
+    def __init__(self, server: ServerSettings, speculative: str | None = None,
+                 predictions: Callable[[], Any] = predicted_outputs.current):
         self.server = server
         self.speculative = speculative
+        #: the prediction service (tokenizer, engine client) the endpoint plugin installed, or None
+        self.predictions = predictions
 
     def _is_grammar_server(self) -> bool:
         from anydecode.registry import get_registry
@@ -174,6 +192,41 @@ class RequestGate:
         if error is not None:
             raise BadRequest(f"anydecode: {error}", "vllm_xargs")
 
+    async def predict(self, body: dict[str, Any]) -> tuple[dict[str, Any], Predicted | None]:
+        """The body with its ``prediction`` moved into ``vllm_xargs`` as token ids, and the request's
+        :class:`Predicted` (None without a prediction). BadRequest naming ``prediction`` for a bad one, or where
+        this server cannot draft from it."""
+        from .drafts import accepts_prediction
+
+        value = body.get("prediction")
+        if value is None:
+            return body, None
+        if self.speculative is None:
+            raise BadRequest("prediction (predicted outputs) needs an anydecode speculative server whose drafter "
+                             "drafts from it (`anydecode serve --decoder iad` or `--decoder suffix`); this server "
+                             "runs no speculative decoding: drop prediction", "prediction")
+        if self.speculative == "custom" or not accepts_prediction(self.speculative):
+            raise BadRequest(f"prediction (predicted outputs): this server's drafter {self.speculative!r} does not "
+                             "draft from predictions; iad and suffix do (`anydecode serve --decoder iad`): drop "
+                             "prediction", "prediction")
+        try:
+            text = predicted_outputs.prediction_text(value, self.server.policy.limits.prediction_bytes)
+        except AnydecodeError as exc:
+            raise BadRequest(f"anydecode: {exc}", "prediction") from None
+        service = self.predictions()
+        reason = "the endpoint plugin did not start" if service is None else service.ready
+        if reason is not None:
+            raise BadRequest(f"prediction (predicted outputs) cannot be served here: {reason}", "prediction")
+        rest = {k: v for k, v in body.items() if k != "prediction"}
+        ids = await service.encode(text) if text else []
+        if not ids:
+            return rest, Predicted(None)
+        key = uuid.uuid4().hex
+        xargs = dict(rest.get("vllm_xargs") or {})
+        xargs[predicted_outputs.XARG_IDS] = ids
+        xargs[predicted_outputs.XARG_KEY] = key
+        return {**rest, "vllm_xargs": xargs}, Predicted(key)
+
 
 def error_body(message: str, param: str | None = None, status: int = 400) -> bytes:
     return json.dumps({"error": {"message": message, "type": "BadRequestError", "param": param,
@@ -186,6 +239,7 @@ class AnydecodeMiddleware:
     def __init__(self, app: Any, speculative: str | None = None, gate: RequestGate | None = None) -> None:
         self.app = app
         self.gate = gate or RequestGate(frontend_settings(), speculative or os.environ.get(ENV_SPECULATIVE))
+        self._background: set[asyncio.Task] = set()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope.get("type") != "http" or scope.get("method") != "POST" or scope.get("path") not in GUARDED_PATHS:
@@ -206,10 +260,12 @@ class AnydecodeMiddleware:
             doc = json.loads(body or b"{}")
         except ValueError:
             doc = None  # vLLM answers a malformed body itself
+        predicted: Predicted | None = None
         if isinstance(doc, dict):
             try:
                 rewritten = self.gate.rewrite(doc, scope)
                 await self.gate.check(rewritten)
+                rewritten, predicted = await self.gate.predict(rewritten)
             except BadRequest as exc:
                 await _respond(send, 400, error_body(str(exc), exc.param))
                 return
@@ -222,7 +278,30 @@ class AnydecodeMiddleware:
         async def replay() -> dict:
             return messages.pop(0) if messages else await receive()
 
-        await self.app(scope, replay, send)
+        if predicted is None:
+            await self.app(scope, replay, send)
+            return
+        await self._with_usage(scope, replay, send, predicted, bool(doc.get("stream")) if isinstance(doc, dict)
+                               else False)
+
+    async def _with_usage(self, scope: dict, receive: Any, send: Any, predicted: Predicted, stream: bool) -> None:
+        """Run the request with its response's usage completed by the prediction counts; the counts are read
+        (and so forgotten by the worker) even when the client went away."""
+        service = self.gate.predictions()
+        key = predicted.key
+
+        async def collect() -> Any:
+            return await service.usage(key) if key is not None and service is not None else None
+
+        rewriter = predicted_outputs.UsageRewriter(send, collect, stream)
+        try:
+            await self.app(scope, receive, rewriter)
+        except BaseException:
+            task = asyncio.ensure_future(rewriter.finish())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            raise
+        await rewriter.finish()
 
 
 async def _respond(send: Any, status: int, payload: bytes) -> None:

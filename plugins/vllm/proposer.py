@@ -25,9 +25,9 @@ from typing import Any
 
 from anydecode.algorithms.contracts.errors import RuntimeAdapterError
 
-from .drafts import RequestDrafters, drafter_config, drafter_factory, split_settings
+from .drafts import RequestDrafters, accepts_prediction, drafter_config, drafter_factory, split_settings
 from .drafts import num_speculative_tokens as parse_num_tokens
-from .settings import CONFIG_KEY, server_defaults
+from .settings import CONFIG_KEY, server_settings
 
 logger = logging.getLogger("anydecode.vllm")
 
@@ -95,7 +95,12 @@ def speculative_args(drafter: str, num_speculative_tokens: Any = DEFAULT_NUM_SPE
 
 
 class AnydecodeProposer:
-    """A vLLM ``custom_class`` proposer running a registered anydecode drafter, one instance per request."""
+    """A vLLM ``custom_class`` proposer running a registered anydecode drafter, one instance per request.
+
+    Once attached to vLLM's model runner (:meth:`attach`, through the worker extension), requests are found by
+    their vLLM request ids, and a request that sent a prediction (OpenAI's predicted outputs, see
+    :mod:`.prediction`) drafts from it, with drafters that accept predictions (``iad``, ``suffix``).
+    """
 
     #: the drafter this class runs; None: read it from ``additional_config["anydecode"]["drafter"]``
     drafter_name: str | None = None
@@ -106,7 +111,11 @@ class AnydecodeProposer:
         model_config = vllm_config.model_config
         self.vocab_size = int(model_config.get_vocab_size())
         self._tokenizer_name = getattr(model_config, "tokenizer", None) or model_config.model
-        self.name, settings = split_settings(server_defaults(vllm_config), self.drafter_name)
+        server = server_settings(vllm_config)
+        #: a prediction of at most ``prediction_bytes`` bytes has at most that many tokens
+        self.max_prediction_tokens = int(server.policy.limits.prediction_bytes)
+        self.name, settings = split_settings(dict(server.defaults), self.drafter_name)
+        self.batch: Any = None  # the runner's view of the batch rows, once attached
         make, config = self._factory(self.name, settings)
         max_num_seqs = int(getattr(vllm_config.scheduler_config, "max_num_seqs", 256) or 256)
         self.rows = RequestDrafters(make, int(spec.num_speculative_tokens), int(model_config.max_model_len),
@@ -128,7 +137,7 @@ class AnydecodeProposer:
     def propose(self, sampled_token_ids: Sequence[Sequence[int]], num_tokens_no_spec: Any, token_ids_cpu: Any,
                 **_unused: Any) -> list[list[int]]:
         """Draft tokens for each row of the input batch (vLLM's V1 model runner calls this after sampling)."""
-        return self.rows.propose(sampled_token_ids, num_tokens_no_spec, token_ids_cpu)
+        return self.rows.propose(sampled_token_ids, num_tokens_no_spec, token_ids_cpu, self.batch)
 
     def load_model(self, *_args: Any, **_kwargs: Any) -> None:
         """No draft model (the CPU runner calls this unconditionally)."""
@@ -143,8 +152,37 @@ class AnydecodeProposer:
             self.rows.set_drafter(make, tree_budget=getattr(config, "max_nodes", None))
         self.name = name
 
+    def attach(self, runner: Any) -> None:
+        """Read each batch row's request (id, prediction) from vLLM's model runner from the next step on
+        (RuntimeAdapterError where the runner lacks what :mod:`.batch` reads). Running requests start afresh."""
+        from .batch import RunnerRequests
+
+        check_vllm_version()
+        batch = RunnerRequests(runner, self.vocab_size, self.max_prediction_tokens)
+        if self.batch is None or self.batch.runner is not runner:
+            self.rows.states.clear()
+        self.batch = batch
+
+    @property
+    def predictions(self) -> bool:
+        """Whether requests' predictions are drafted from here (attached, and the drafter accepts them)."""
+        return self.batch is not None and self.name is not None and accepts_prediction(self.name)
+
+    def prediction_usage(self, key: str) -> dict[str, int] | None:
+        """The usage counts of the prediction request keyed ``key`` (read once; None when unknown)."""
+        if self.batch is not None:
+            self.rows.release(self.batch.live())
+        return self.rows.prediction_usage(key)
+
     def stats(self) -> dict[str, Any]:
-        return {"drafter": self.name, **self.rows.stats.as_dict()}
+        """Counters, and the per-request state held now (``live_requests``, ``live_predictions``: requests the
+        runner still holds; ``ended_usage``: prediction counts of ended requests not yet read)."""
+        if self.batch is not None:
+            self.rows.release(self.batch.live())
+        return {"drafter": self.name, **self.rows.stats.as_dict(), "attached": self.batch is not None,
+                "predictions": self.predictions, "live_requests": len(self.rows.requests),
+                "live_predictions": self.rows.live_predictions(), "ended_usage": len(self.rows.ended_usage),
+                "refused_predictions": self.batch.refused if self.batch is not None else 0}
 
 
 class IADProposer(AnydecodeProposer):

@@ -59,3 +59,22 @@ def anydecode_serve(log_dir: Path, args: Sequence[str], timeout_s: float = 600, 
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def collective_rpc(base: str, method: str, *args: Any) -> list[Any]:
+    """Call a worker-extension method on every worker (vLLM's dev route; the helper's server sets
+    ``VLLM_SERVER_DEV_MODE=1`` on 127.0.0.1 only)."""
+    import json
+
+    body = json.dumps({"method": method, "args": list(args)}).encode()
+    req = urllib.request.Request(base + "/collective_rpc", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())["results"]
+
+
+def metric(base: str, name: str) -> float:
+    """The sum of a Prometheus counter of the server's ``/metrics`` over its label sets (0 where absent)."""
+    with urllib.request.urlopen(base + "/metrics", timeout=30) as r:
+        text = r.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") or line.startswith(name + " "))

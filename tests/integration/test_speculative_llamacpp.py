@@ -1,6 +1,10 @@
-"""The speculative decoders in llama.cpp on the embedded model: greedy speculation against llama.cpp's own greedy
-(the share of identical outputs is reported: llama.cpp's batched and one-token logits differ in the last bits),
-seeded sampling, and anydecode's drafters as ``Llama(draft_model=...)``."""
+"""The speculative decoders in llama.cpp on the embedded model: greedy speculation against llama.cpp's own greedy,
+seeded sampling, and anydecode's drafters as ``Llama(draft_model=...)``.
+
+Greedy identity holds exactly where a block forward gives the logits of one-token forwards (flash attention on,
+the default of ``load_default``; docs/runtimes/llamacpp-numerics.md). The tests measure that difference on the
+machine they run on (``greedy_parting_gap``) and allow outputs to part only at a near-tie within it, so they hold
+on any CPU and demand exact identity wherever the numerics allow it (as they do here)."""
 
 from __future__ import annotations
 
@@ -40,34 +44,57 @@ def top_two_gap(llm, ids: list[int], a: int, b: int) -> float:
 
 
 def test_greedy_speculation_matches_llama_cpp_greedy(llm):
-    """Token-for-token equality with the plain greedy loop on editing prompts, for each drafter; where the
-    outputs part, the two tokens must nearly tie in the one-token logits (batched and one-token kernels round
-    differently), which is checked at the first differing position."""
+    """Token-for-token equality with the plain greedy loop on editing prompts, for each drafter; outputs may part
+    only where the two tokens tie within the block-vs-one-token difference measured on this machine (none here:
+    with flash attention the difference is 0 and every output must be identical)."""
+    from anydecode.plugins.llamacpp.runtime import LlamaCppRuntime
+
+    allowed = LlamaCppRuntime().greedy_parting_gap(llm)
     shares = {}
     gaps = []
+    accepted = 0
     for decoder in ("iad", "prompt_lookup", "aded"):
         same = 0
         for prompt in EDITING:
             reference = L.generate(llm, prompt, decoder="greedy", max_new_tokens=MAX_NEW, chat=True).token_ids
             ours = L.generate(llm, prompt, decoder=decoder, max_new_tokens=MAX_NEW, chat=True)
+            accepted += ours.stats["accepted"]
             same += ours.token_ids == reference
-            # the first token comes from the same prompt logits: always equal
-            assert ours.token_ids[:1] == reference[:1]
             assert len(ours.token_ids) <= MAX_NEW
             if ours.token_ids != reference:
-                i = next(j for j, (x, y) in enumerate(zip(ours.token_ids, reference)) if x != y)
+                i = next((j for j, (x, y) in enumerate(zip(ours.token_ids, reference)) if x != y), None)
+                assert i is not None, "one output is a strict prefix of the other: a stop rule differs, not numerics"
                 ids = prompt_ids(llm, prompt, chat=True) + reference[:i]
                 gaps.append(top_two_gap(llm, ids, reference[i], ours.token_ids[i]))
         shares[decoder] = same / len(EDITING)
-    print("identical-output share:", shares, "logit gaps where outputs part:", gaps)
-    assert min(shares.values()) >= 0.5, shares
-    # measured: a block and one-token steps give identical logits at most positions and differ by up to ~0.5 at a
-    # few (another kernel path in llama.cpp); outputs part only where the two tokens are that close
-    assert all(gap < 0.6 for gap in gaps), gaps
+    print(f"identical-output share: {shares}; logit gaps where outputs part: {gaps}; allowed gap {allowed:.4f}")
+    assert accepted > 0, "no draft token was accepted: the verification path did not run"
+    assert all(gap <= allowed for gap in gaps), (gaps, allowed)
+
+
+def test_block_and_one_token_logits_agree_with_flash_attention(llm):
+    """The cause of partings, measured: with flash attention off, llama.cpp's attention takes another path for a
+    block than for one token and the logits differ (reported, not bounded: it depends on the CPU); with it on
+    (``load_default``), the difference is what ``greedy_parting_gap`` allows, and 0 on a CPU where the kernels
+    treat every row alike."""
+    from anydecode.plugins.llamacpp.runtime import LlamaCppRuntime, block_logit_difference
+
+    on = block_logit_difference(llm)
+    off_llm = L.load_default(n_ctx=512, flash_attn=False)
+    try:
+        off = block_logit_difference(off_llm)
+    finally:
+        off_llm.close()
+    print(f"largest |block - one-token| logit difference: flash attention on {on:.4f}, off {off:.4f}")
+    assert LlamaCppRuntime().greedy_parting_gap(llm) == 2 * on
+    assert on <= off
 
 
 def test_draft_model_speculation_with_a_second_llama(llm):
-    """A second Llama on the same file as the draft model accepts (nearly) everything."""
+    """A second Llama on the same file as the draft model: its one-token logits are the target's block logits
+    wherever the numerics allow (then every draft is accepted); elsewhere most are, and the output stays greedy."""
+    from anydecode.plugins.llamacpp.runtime import LlamaCppRuntime
+
     draft_llm = L.load_default(n_ctx=2048)
     try:
         ids = prompt_ids(llm, EDITING[0], chat=True)
@@ -76,11 +103,16 @@ def test_draft_model_speculation_with_a_second_llama(llm):
         draft.start(ids)
         ctx = DecodeContext(vocab_size=target.vocab_size, eos_token_ids=target.eos_token_ids, runtime="llamacpp",
                             session=target, prompts=[ids], prompt_logits=logits, max_new_tokens=32,
-                            extra={"draft_session": draft})
+                            draft_session=draft)
         dec = anydecode.get_decoder("speculative")
         result = dec.run(dec.configure({"drafter": "draft_model"}), ctx)
-        assert result.stats["acceptance_rate"] > 0.8
-        assert 1 <= len(result.sequences[0]) <= 32
+        rate = result.stats["acceptance_rate"]
+        print(f"draft-model acceptance {rate:.3f}")
+        assert 1 <= len(result.sequences[0]) <= 32 and result.stats["drafted"] > 0
+        if LlamaCppRuntime().greedy_parting_gap(llm) == 0:
+            assert rate == 1.0
+        else:
+            assert rate > 0.5
     finally:
         draft_llm.close()
 

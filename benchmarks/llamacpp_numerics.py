@@ -1,0 +1,150 @@
+"""Block forwards against one-token forwards in llama.cpp: how far their logits differ, and which settings change it.
+
+Speculative verification feeds a block of draft tokens in one ``llama_decode``; plain decoding feeds one token per
+call. Both should give the same logits at the same position. This script measures what llama.cpp actually gives,
+on the embedded model (or ``--model``), for each context setting in a small grid:
+
+* ``n_threads`` (1 or all cores): a thread split changes nothing inside one dot product in ggml's CPU backend, so
+  a difference that stays at 1 thread is not a reduction-order effect of threading;
+* ``flash_attn`` on or off: a different attention kernel;
+* ``type_k``/``type_v`` f16 (the default) or f32: the KV cache's rounding;
+* ``n_ubatch=1``: llama.cpp splits every block into one-token micro-batches, so the block runs the one-token path
+  (the control: its difference must be zero, and it shows what equality would cost).
+
+For each setting it greedily decodes ``--tokens`` tokens one at a time from each prompt, then re-runs the same
+sequence as one block from the prompt's end, and compares the two logits rows at every position: the largest
+absolute difference, the share of positions whose argmax differs, and the smallest top-2 gap among positions
+whose argmax differs. Timing: one block of ``--block`` tokens against as many one-token steps, median of 5.
+
+    python benchmarks/llamacpp_numerics.py [--model PATH] [--tokens 48] [--block 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+
+PROMPTS = [
+    "Fix the grammar: she go to school every days and forget her book.",
+    "Write a short story about a lighthouse keeper who finds a message in a bottle.",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    "List five countries in Africa and their capitals:",
+]
+
+
+def load(model: str | None, **settings: Any) -> Any:
+    from anydecode.plugins.llamacpp.runtime import load_default
+
+    kwargs: dict[str, Any] = {"n_ctx": 1024, "logits_all": True}
+    if model:
+        kwargs["model_path"] = model
+    kwargs.update(settings)
+    return load_default(**kwargs)
+
+
+def eval_logits(llm: Any, prefix: list[int], tokens: list[int], block: bool) -> np.ndarray:
+    """Logits after each of ``tokens`` following ``prefix``: one ``eval`` call for the block, or one per token."""
+    llm.reset()
+    llm.eval(prefix)
+    start = llm.n_tokens
+    if block:
+        llm.eval(tokens)
+    else:
+        for t in tokens:
+            llm.eval([t])
+    return np.array(llm.scores[start - 1:start - 1 + len(tokens)], dtype=np.float64)
+
+
+def greedy(llm: Any, prefix: list[int], n: int) -> list[int]:
+    llm.reset()
+    llm.eval(prefix)
+    out: list[int] = []
+    for _ in range(n):
+        t = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        out.append(t)
+        if t == llm.token_eos():
+            break
+        llm.eval([t])
+    return out
+
+
+def compare(llm: Any, tokens: int) -> dict[str, float]:
+    worst = 0.0
+    parted = 0
+    positions = 0
+    gaps: list[float] = []
+    for text in PROMPTS:
+        prefix = llm.tokenize(text.encode(), add_bos=True)
+        seq = greedy(llm, prefix, tokens)
+        one = eval_logits(llm, prefix, seq, block=False)
+        blk = eval_logits(llm, prefix, seq, block=True)
+        worst = max(worst, float(np.abs(one - blk).max()))
+        a, b = one.argmax(1), blk.argmax(1)
+        positions += len(seq)
+        for i in np.nonzero(a != b)[0]:
+            parted += 1
+            top2 = np.sort(one[i])[-2:]
+            gaps.append(float(top2[1] - top2[0]))
+    return {"max_abs_diff": worst, "argmax_differs": parted / max(positions, 1), "positions": positions,
+            "largest_gap_parted": max(gaps) if gaps else 0.0}
+
+
+def timing(llm: Any, block: int) -> tuple[float, float]:
+    prefix = llm.tokenize(PROMPTS[0].encode(), add_bos=True)
+    toks = list(range(1000, 1000 + block))
+    one, blk = [], []
+    for _ in range(5):
+        llm.reset()
+        llm.eval(prefix)
+        t0 = time.perf_counter()
+        llm.eval(toks)
+        blk.append(time.perf_counter() - t0)
+        llm.reset()
+        llm.eval(prefix)
+        t0 = time.perf_counter()
+        for t in toks:
+            llm.eval([t])
+        one.append(time.perf_counter() - t0)
+    return statistics.median(blk), statistics.median(one)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model")
+    parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--block", type=int, default=8)
+    args = parser.parse_args(argv)
+    import llama_cpp
+
+    from anydecode.plugins.llamacpp.runtime import default_threads
+
+    cores = default_threads()
+    f32 = int(llama_cpp.GGML_TYPE_F32)
+    grid: list[tuple[str, dict[str, Any]]] = [
+        ("default", {}),
+        ("n_threads=1", {"n_threads": 1, "n_threads_batch": 1}),
+        ("flash_attn=on", {"flash_attn": True}),
+        ("kv f32", {"type_k": f32, "type_v": f32}),
+        ("kv f32, flash_attn=on", {"type_k": f32, "type_v": f32, "flash_attn": True}),
+        ("n_ubatch=1 (control)", {"n_ubatch": 1, "n_batch": 512}),
+    ]
+    print(f"llama-cpp-python {llama_cpp.__version__}, {cores} cores; system info: "
+          f"{ctypes.string_at(llama_cpp.llama_print_system_info()).decode().strip()}")
+    print(f"{'setting':<24} {'max |diff|':>10} {'argmax differs':>15} {'largest gap parted':>19} "
+          f"{'block ms':>9} {'1-token steps ms':>17} {'ratio':>6}")
+    for name, settings in grid:
+        llm = load(args.model, **settings)
+        res = compare(llm, args.tokens)
+        blk, one = timing(llm, args.block)
+        print(f"{name:<24} {res['max_abs_diff']:>10.4f} {100 * res['argmax_differs']:>14.1f}% "
+              f"{res['largest_gap_parted']:>19.4f} {1000 * blk:>9.1f} {1000 * one:>17.1f} {blk / one:>6.2f}")
+        del llm
+
+
+if __name__ == "__main__":
+    main()
