@@ -17,6 +17,11 @@ absolute difference, the share of positions whose argmax differs, and the smalle
 whose argmax differs. Timing: one block of ``--block`` tokens against as many one-token steps, median of 5.
 
     python benchmarks/llamacpp_numerics.py [--model PATH] [--tokens 48] [--block 8]
+    python benchmarks/llamacpp_numerics.py --cost [--rounds 3]
+
+``--cost`` measures what flash attention costs: two Llamas on the same file, flash attention off and on, decode the
+same prompts greedily one token at a time (plain generation) and verify 8-token blocks, alternating A and B every
+prompt; it prints tokens per second of each and their ratio.
 """
 
 from __future__ import annotations
@@ -113,12 +118,39 @@ def timing(llm: Any, block: int) -> tuple[float, float]:
     return statistics.median(blk), statistics.median(one)
 
 
+def cost(model: str | None, tokens: int, block: int, rounds: int) -> None:
+    llms = {"off": load(model, flash_attn=False), "on": load(model, flash_attn=True)}
+    plain = {k: [0.0, 0] for k in llms}
+    blocks = {k: 0.0 for k in llms}
+    for r in range(rounds):
+        for i, text in enumerate(PROMPTS):
+            order = ["off", "on"] if (i + r) % 2 == 0 else ["on", "off"]
+            for name in order:
+                llm = llms[name]
+                prefix = llm.tokenize(text.encode(), add_bos=True)
+                t0 = time.perf_counter()
+                out = greedy(llm, prefix, tokens)
+                plain[name][0] += time.perf_counter() - t0
+                plain[name][1] += len(out)
+                b, _ = timing(llm, block)
+                blocks[name] += b
+    rate = {k: plain[k][1] / plain[k][0] for k in llms}
+    print(f"plain greedy (prefill included): flash attention off {rate['off']:.1f} tok/s, on {rate['on']:.1f} "
+          f"tok/s: on/off {rate['on'] / rate['off']:.3f}x")
+    print(f"{block}-token block forward: on/off time {blocks['on'] / blocks['off']:.3f}x")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model")
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--block", type=int, default=8)
+    parser.add_argument("--cost", action="store_true", help="time flash attention on against off")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
+    if args.cost:
+        cost(args.model, args.tokens, args.block, args.rounds)
+        return
     import llama_cpp
 
     from anydecode.plugins.llamacpp.runtime import default_threads

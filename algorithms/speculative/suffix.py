@@ -136,7 +136,8 @@ def speculate_tree(trie: SuffixTrie, node: int, budget: int, cap: int, min_prob:
             return
         total = cont[at]
         # at most prob / min_prob children reach min_prob (their probabilities sum to at most prob)
-        room = budget if min_prob <= 0 else min(budget, int(prob / min_prob + 1e-9))
+        ratio = prob / min_prob if min_prob > 0 else math.inf  # inf too for a subnormal min_prob
+        room = budget if ratio >= budget else int(ratio + 1e-9)
         kids = heapq.nlargest(room, ((count[c], last[c], c) for _t, c in trie.children(at)))
         for n, _last, c in kids:
             p = prob * n / total

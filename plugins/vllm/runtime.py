@@ -64,9 +64,10 @@ class VLLMRuntime(Runtime):
 
     def encode(self, handle: Any, prompt: str, *, chat: bool = False) -> list[int]:
         tok = handle.get_tokenizer()
-        if chat:
-            return list(tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                                tokenize=True))
+        if chat:  # transformers 5 returns a mapping even with tokenize=True: read its input_ids
+            ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                          tokenize=True, return_dict=True)["input_ids"]
+            return [int(t) for t in ids]
         return list(tok.encode(prompt))
 
     def open(self, handle: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
@@ -138,20 +139,20 @@ class VLLMRuntime(Runtime):
 
     def native_draws(self, handle: Any, decoder: str, settings: Mapping[str, Any], prompt_ids: Sequence[int],
                      n: int, max_new_tokens: int) -> list[tuple[int, ...]]:
-        """``n`` requests on the processor engine, each ``SamplingParams(extra_args={"decoder": ..., **settings})``
-        with its own seed; vLLM's sampler at temperature 1 with no top-k, top-p or min-p of its own, so the
+        """One request of ``n`` parallel samples on the processor engine, ``SamplingParams(n=n, seed=NATIVE_SEED,
+        extra_args={"decoder": ..., **settings})``: vLLM runs each sample as its own request seeded
+        ``NATIVE_SEED + i``, and the request's settings are checked (a grammar compiled) once, in
+        ``validate_params``. vLLM's sampler is at temperature 1 with no top-k, top-p or min-p of its own, so the
         anydecode transform alone shapes the distribution it samples."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         llm = self._engine(handle, "draws")
-        extra = {"decoder": decoder, **dict(settings)}
-        params = [SamplingParams(temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, seed=NATIVE_SEED + i,
-                                 max_tokens=max_new_tokens, detokenize=False, extra_args=dict(extra))
-                  for i in range(n)]
-        prompt = TokensPrompt(prompt_token_ids=list(prompt_ids))
-        outs = llm.generate([prompt] * n, params, use_tqdm=False)
-        return [tuple(int(t) for t in o.outputs[0].token_ids) for o in outs]
+        params = SamplingParams(n=n, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, seed=NATIVE_SEED,
+                                max_tokens=max_new_tokens, detokenize=False,
+                                extra_args={"decoder": decoder, **dict(settings)})
+        (out,) = llm.generate([TokensPrompt(prompt_token_ids=list(prompt_ids))], params, use_tqdm=False)
+        return [tuple(int(t) for t in sample.token_ids) for sample in out.outputs]
 
     def native_speculative_greedy(self, handle: Any, drafter: str, settings: Mapping[str, Any],
                                   prompts: Sequence[Sequence[int]], max_new_tokens: int) -> NativeSpeculation:
