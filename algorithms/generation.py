@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .contracts.config import DecoderConfig
+from .contracts.errors import ConfigError
 from .contracts.decoder import DecodeContext, DecodeResult, Decoder
 from .contracts.generation import GeneratedSequence, Generation
 
@@ -29,6 +30,10 @@ def repeat_prompts(prompts: Sequence[Sequence[int]], decoder: Decoder, num_retur
 
 def run_decoder(decoder: Decoder, config: DecoderConfig, ctx: DecodeContext) -> DecodeResult:
     """``decoder.run`` with the statistics every adapter reports (prefill time, target forward passes)."""
+    if ctx.prediction is not None and not decoder.accepts_prediction:
+        raise ConfigError(f"decoder {decoder.name!r} does not draft from a prediction (predicted outputs); "
+                          "use a speculative decoder with a drafter that does (iad, suffix, or speculative with "
+                          "drafter=iad|suffix), or leave prediction out")
     started = time.perf_counter()
     result = decoder.run(config, ctx)
     result.stats.setdefault("decode_seconds", time.perf_counter() - started)

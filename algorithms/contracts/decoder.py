@@ -113,6 +113,9 @@ class Decoder:
     claim: str | None = None
     #: why a decoder claims nothing, or what its claim is measured against
     claim_note: str = ""
+    #: whether the decoder drafts from ``DecodeContext.prediction`` (OpenAI's predicted outputs); any other decoder
+    #: given a prediction is refused rather than ignoring it
+    accepts_prediction: bool = False
     #: set by the registry: the plugin that registered it
     source: str = ""
     #: set by the registry: the components (drafters, grammar engines, rewards) its configs resolve names through

@@ -166,6 +166,9 @@ def run_with_drafter(config: DecoderConfig, ctx: DecodeContext, spec: ComponentS
     """Speculative decoding with the drafter ``spec`` builds (the user's sampling settings verify it)."""
     from .decode import speculative_decode
 
+    if ctx.prediction is not None and not spec.accepts_prediction:
+        raise ConfigError(f"drafter {spec.name!r} does not draft from a prediction (predicted outputs); drafters "
+                          "that do: iad, suffix")
     sampling = sampling_part(config)
     drafter = spec.factory(drafter_config, sampling, ctx)
     try:
@@ -210,13 +213,13 @@ def shortcut(name: str, drafter_cls: type[DecoderConfig], description: str) -> D
         return run_with_drafter(config, ctx, drafter_spec(name, config.components), drafter_part(config, drafter_cls))
 
     return Decoder(name=name, config_cls=config_cls, kind="loop", description=description, run_fn=run,
-                   claim="lossless", claim_note=SPECULATIVE_CLAIM)
+                   claim="lossless", claim_note=SPECULATIVE_CLAIM, accepts_prediction=True)
 
 
 SPECULATIVE = Decoder(
     name="speculative", config_cls=SpeculativeConfig, kind="loop",
     description="speculative decoding with any registered drafter; lossless chain/tree verification",
-    run_fn=_run_speculative, claim="lossless", claim_note=SPECULATIVE_CLAIM,
+    run_fn=_run_speculative, claim="lossless", claim_note=SPECULATIVE_CLAIM, accepts_prediction=True,
 )
 IAD = shortcut("iad", IADConfig, "Input-guided Aggressive Decoding: speculative copying of the input (editing, "
                                  "grammar correction); greedy by default, identical to greedy")

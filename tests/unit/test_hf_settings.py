@@ -190,3 +190,12 @@ def test_predicted_outputs_draft_the_prediction_and_leave_the_output_greedy(mode
                 assert accepted >= 10, (decoder, stats)
             elif decoder == "iad":  # iad drafts the prediction only (suffix also drafts from the output itself)
                 assert accepted <= 1, (decoder, stats)
+
+
+@pytest.mark.parametrize("decoder,names", [("greedy", "decoder 'greedy'"), ("sample", "decoder 'sample'"),
+                                           ("prompt_lookup", "drafter 'prompt_lookup'"),
+                                           ("aded", "drafter 'aded'")])
+def test_a_prediction_the_decoder_cannot_draft_from_is_refused(model, decoder, names):
+    """A prediction is never silently ignored: decoders and drafters that do not draft from it refuse it."""
+    with pytest.raises(ConfigError, match=f"{names} does not draft from a prediction"):
+        generate(model, decoder, max_new_tokens=4, prediction=[7, 8, 9])
