@@ -128,7 +128,8 @@ def run_bench(runtime_name: str, decoder: str, settings: dict[str, Any], baselin
     if baseline not in NATIVE:
         get_decoder(baseline)
     runtime = runtime_named(runtime_name)
-    handle = runtime.load(model)
+    decoders = [dec] + ([get_decoder(baseline)] if baseline not in NATIVE else [])
+    handle = runtime.load_for(model, decoders)
     try:
         a, b = runners(runtime, handle, decoder, cfg, baseline)
         oracle = oracle_runner(runtime, handle, cfg) if dec.claim == "lossless" and with_oracle else None

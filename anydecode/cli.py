@@ -173,7 +173,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             sys.stdout.write(piece)
             sys.stdout.flush()
     with spinner:
-        handle = runtime.load(args.model, progress=spinner.update)
+        handle = runtime.load_for(args.model, [decoder], progress=spinner.update)
     try:
         tokenizer = runtime.tokenizer(handle)
         ids = runtime.encode(handle, prompt, chat=args.chat)

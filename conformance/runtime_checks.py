@@ -250,7 +250,6 @@ def asap_through(decoder: Decoder, env: RuntimeEnv) -> list[CheckResult]:
         asap_sample_distributions,
         grammar_target,
         kl_divergence,
-        transform_distribution,
     )
     from anydecode.algorithms.grammar.transforms import AsapTransform
     from anydecode.registry import get_decoder
@@ -359,7 +358,7 @@ def _softmax(logits: np.ndarray | torch.Tensor) -> np.ndarray:
     return torch.softmax(torch.as_tensor(logits).double(), -1).numpy()
 
 
-NATIVE = "native hook"
+NATIVE = "native"  # the prefix of these checks' names
 
 
 def native_sampling_through(decoder: Decoder, env: RuntimeEnv, claim: str) -> list[CheckResult]:

@@ -107,6 +107,13 @@ class Runtime(abc.ABC):
     def load(self, model: str | None = None, *, progress: Callable[[str], None] | None = None) -> Any:
         """The model at ``model`` (None: the runtime's default model) ready to generate."""
 
+    def load_for(self, model: str | None, decoders: Sequence[Decoder], *,
+                 progress: Callable[[str], None] | None = None) -> Any:
+        """``load``, for running ``decoders``: a runtime may pick settings that suit them (llama.cpp turns flash
+        attention on only where a decoder verifies blocks of tokens). The CLI's ``run`` and ``bench`` load through
+        this; the default is ``load``."""
+        return self.load(model, progress=progress)
+
     def close(self, handle: Any) -> None:
         """Free what ``load`` allocated."""
 

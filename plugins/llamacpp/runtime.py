@@ -104,6 +104,18 @@ class LlamaCppRuntime(Runtime):
             progress(f"loading {path.name}")
         return load_default(model_path=str(path))
 
+    def load_for(self, model: str | None, decoders: Sequence[Any], *,
+                 progress: Callable[[str], None] | None = None) -> Any:
+        """Flash attention where a decoder verifies blocks (speculative decoders: block logits then equal one-token
+        logits, so greedy speculation is exact); llama.cpp's default attention otherwise, whose one-token steps are
+        faster on a CPU (docs/runtimes/llamacpp-numerics.md)."""
+        from anydecode.models import check_gguf, default_gguf_path
+
+        path = check_gguf(model) if model else default_gguf_path()
+        if progress:
+            progress(f"loading {path.name}")
+        return load_default(model_path=str(path), flash_attn=any(verifies_blocks(d) for d in decoders))
+
     def close(self, handle: Any) -> None:
         handle.close()
 
@@ -148,12 +160,22 @@ class LlamaCppRuntime(Runtime):
                 lookups["lookup"] = llama_cpp.Llama(
                     model_path=handle.model_path, n_ctx=handle.n_ctx(), verbose=False,
                     n_threads=handle.context_params.n_threads, n_threads_batch=handle.context_params.n_threads_batch,
-                    flash_attn=handle.context_params.flash_attn_type == llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+                    flash_attn=flash_attention(handle),
                     draft_model=LlamaPromptLookupDecoding(num_pred_tokens=10))
             return native(lookups["lookup"])(prompt, max_new_tokens, sampling)
 
+        def plain(prompt: list[int], max_new_tokens: int, sampling: Mapping[str, Any]) -> tuple[list, dict]:
+            # llama.cpp's own loop as it ships: a Llama with its default attention (faster one-token steps) when
+            # this one has flash attention on for speculation
+            if not flash_attention(handle):
+                return native(handle)(prompt, max_new_tokens, sampling)
+            if "plain" not in lookups:
+                lookups["plain"] = load_default(model_path=handle.model_path, n_ctx=handle.n_ctx(),
+                                                n_threads=handle.context_params.n_threads, flash_attn=False)
+            return native(lookups["plain"])(prompt, max_new_tokens, sampling)
+
         lookups: dict[str, Any] = {}
-        return {"native-greedy": native(handle), "native-prompt-lookup": prompt_lookup}
+        return {"native-greedy": plain, "native-prompt-lookup": prompt_lookup}
 
     def greedy_parting_gap(self, handle: Any) -> float:
         """Twice the largest logit difference between one block forward and one-token forwards over the same
@@ -162,6 +184,18 @@ class LlamaCppRuntime(Runtime):
         if gap is None:
             gap = _PARTING_GAPS[id(handle)] = 2.0 * block_logit_difference(handle)
         return gap
+
+
+def flash_attention(llm: Any) -> bool:
+    """Whether the Llama's context runs flash attention."""
+    import llama_cpp
+
+    return bool(llm.context_params.flash_attn_type == llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED)
+
+
+def verifies_blocks(decoder: Any) -> bool:
+    """Whether a decoder feeds blocks of draft tokens and claims greedy identity (the speculative decoders)."""
+    return getattr(decoder, "claim", None) == "lossless"
 
 
 #: greedy_parting_gap per loaded Llama (by id: measured once per model load)

