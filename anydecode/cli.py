@@ -261,7 +261,8 @@ def cmd_conformance(args: argparse.Namespace) -> int:
     for name in args.decoder or []:
         get_registry().decoder(name)  # RegistryError naming the registered decoders
     report = run_suite(runtime=args.runtime, quick=args.quick, progress=not args.json and not args.quiet,
-                       decoders=args.decoder, mutants=args.mutants, plot=args.plot, kernels=args.kernels)
+                       decoders=args.decoder, mutants=args.mutants, plot=args.plot, kernels=args.kernels,
+                       native_only=args.native_only)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:
@@ -321,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the kernels' dispatcher mode: triton runs the Triton kernels even on CPU tensors "
                            "(interpreted, slow), reference the torch references everywhere (default: auto, "
                            "Triton on CUDA tensors)")
+    conf.add_argument("--native-only", action="store_true",
+                      help="only the checks of the runtime's own paths (vLLM: its sampler with anydecode's logits "
+                           "processor, its speculative decoding with anydecode's proposers)")
     conf.add_argument("--json", action="store_true")
     conf.add_argument("--quiet", action="store_true")
     conf.set_defaults(func=cmd_conformance)

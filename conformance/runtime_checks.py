@@ -34,9 +34,12 @@ GREEDY_PROMPTS = ("The capital of France is", "Fix the spelling: I recieved you'
 class RuntimeEnv:
     """One loaded runtime shared by every check of a run."""
 
-    def __init__(self, runtime: Any, quick: bool):
+    def __init__(self, runtime: Any, quick: bool, native_only: bool = False):
         self.runtime = runtime
         self.quick = quick
+        #: only the checks of the runtime's native paths (the loop checks are the same code path as every other
+        #: runtime's, and slow through an engine that re-prefills each step)
+        self.native_only = native_only
         self.sampler = RuntimeSampler(runtime)
         self.handle = self.sampler.handle
 
@@ -491,6 +494,8 @@ def native_checks_for(decoder: Decoder, env: RuntimeEnv) -> list[Callable[[], li
 
 
 def runtime_checks_for(decoder: Decoder, env: RuntimeEnv) -> list[Callable[[], list[CheckResult]]]:
+    if env.native_only:
+        return native_checks_for(decoder, env)
     return _loop_checks_for(decoder, env) + native_checks_for(decoder, env)
 
 

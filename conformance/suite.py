@@ -31,19 +31,21 @@ def _decoders(names: Sequence[str] | None) -> list[Any]:
 
 def run_suite(runtime: str = "toy", quick: bool = False, progress: bool = False,
               decoders: Sequence[str] | None = None, mutants: bool = False,
-              plot: str | None = None, kernels: str = "auto") -> dict[str, Any]:
+              plot: str | None = None, kernels: str = "auto", native_only: bool = False) -> dict[str, Any]:
     """Check every selected decoder's claim; returns the JSON report (``failed`` counts failed checks and
     surviving mutants).
 
     ``kernels`` is the dispatcher's mode for the checks (:func:`anydecode.kernels.use`): ``"triton"`` runs the
     Triton kernels even on CPU tensors (interpreted), so the claims are proven on the kernels as well as on the
-    torch references; the report's ``kernel_launches`` counts the kernels that ran.
+    torch references; the report's ``kernel_launches`` counts the kernels that ran. ``native_only`` runs only the
+    checks of the runtime's own paths (``Runtime.native_draws``, ``native_speculative_greedy``): no exact toy
+    checks and no checks through anydecode's loop.
     """
     from anydecode import kernels as dispatcher
 
     before = dispatcher.launches()
     with dispatcher.use(kernels):
-        report = _run_suite(runtime, quick, progress, decoders, mutants, plot)
+        report = _run_suite(runtime, quick, progress, decoders, mutants, plot, native_only)
     after = dispatcher.launches()
     report["kernels"] = kernels
     report["kernel_launches"] = {k: n - before.get(k, 0) for k, n in after.items() if n > before.get(k, 0)}
@@ -51,7 +53,7 @@ def run_suite(runtime: str = "toy", quick: bool = False, progress: bool = False,
 
 
 def _run_suite(runtime: str, quick: bool, progress: bool, decoders: Sequence[str] | None, mutants: bool,
-               plot: str | None) -> dict[str, Any]:
+               plot: str | None, native_only: bool = False) -> dict[str, Any]:
     import sys
 
     started = time.perf_counter()
@@ -62,13 +64,14 @@ def _run_suite(runtime: str, quick: bool, progress: bool, decoders: Sequence[str
         if progress:
             print(f"anydecode: checking {decoder.name} ({decoder.claim or 'no claim'}) on toy models",
                   file=sys.stderr, flush=True)
-        results += run_exact(decoder, quick)
+        if not native_only:
+            results += run_exact(decoder, quick)
     if runtime != "toy":
         from anydecode.registry import get_registry
 
         from .runtime_checks import RuntimeEnv, run_runtime
 
-        env = RuntimeEnv(get_registry().runtime(runtime), quick)
+        env = RuntimeEnv(get_registry().runtime(runtime), quick, native_only)
         try:
             for decoder in selected:
                 if progress:
@@ -77,7 +80,7 @@ def _run_suite(runtime: str, quick: bool, progress: bool, decoders: Sequence[str
         finally:
             env.close()
     report: dict[str, Any] = {
-        "runtime": runtime, "quick": quick,
+        "runtime": runtime, "quick": quick, "native_only": native_only,
         "claims": {d.name: {"claim": d.claim, "note": d.claim_note, "source": d.source} for d in selected},
         "checks": [r.as_dict() for r in results],
     }

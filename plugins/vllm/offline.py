@@ -20,7 +20,7 @@ from anydecode.algorithms.contracts.config import DecoderConfig
 from anydecode.algorithms.contracts.decoder import DecodeContext, Decoder
 from anydecode.algorithms.contracts.errors import ConfigError
 from anydecode.algorithms.contracts.generation import Generation
-from anydecode.algorithms.generation import generation, repeat_prompts, run_decoder
+from anydecode.algorithms.generation import generation, has_setting, repeat_prompts, run_decoder
 
 from .._common import resolve_decoder
 from .session import EngineStep, VLLMSession, offline_step
@@ -68,6 +68,9 @@ def run_on_engine(model_config: Any, step: EngineStep, tokenizer: Any, prompts: 
     if config is not None:
         dec, _ = resolve_decoder(decoder)
     else:
+        dec, _ = resolve_decoder(decoder)
+        if num_return_sequences > 1 and has_setting(dec, "num_return_sequences"):
+            settings = {**settings, "num_return_sequences": num_return_sequences}  # beam search returns its own
         dec, config = resolve_decoder(decoder, settings)
     ids = [tokenizer.encode(p) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
     rows = repeat_prompts(ids, dec, num_return_sequences)
