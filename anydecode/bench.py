@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-NATIVE = ("native-greedy", "native-prompt-lookup", "native-assisted")
+NATIVE = ("native-greedy", "native-greedy-default", "native-prompt-lookup", "native-assisted")
 
 
 def load_workload(path: str | None, limit: int | None) -> list[dict[str, Any]]:

@@ -165,7 +165,7 @@ class LlamaCppRuntime(Runtime):
             return native(lookups["lookup"])(prompt, max_new_tokens, sampling)
 
         def plain(prompt: list[int], max_new_tokens: int, sampling: Mapping[str, Any]) -> tuple[list, dict]:
-            # llama.cpp's own loop as it ships: a Llama with its default attention (faster one-token steps) when
+            # llama.cpp's own loop with its default attention (faster one-token steps), on a second Llama when
             # this one has flash attention on for speculation
             if not flash_attention(handle):
                 return native(handle)(prompt, max_new_tokens, sampling)
@@ -175,7 +175,9 @@ class LlamaCppRuntime(Runtime):
             return native(lookups["plain"])(prompt, max_new_tokens, sampling)
 
         lookups: dict[str, Any] = {}
-        return {"native-greedy": plain, "native-prompt-lookup": prompt_lookup}
+        # native-greedy: the loaded Llama's own loop (the exact reference of greedy identity);
+        # native-greedy-default: llama.cpp's loop with its default attention (the fastest plain generation)
+        return {"native-greedy": native(handle), "native-greedy-default": plain, "native-prompt-lookup": prompt_lookup}
 
     def greedy_parting_gap(self, handle: Any) -> float:
         """Twice the largest logit difference between one block forward and one-token forwards over the same
