@@ -16,7 +16,7 @@ sequence as one block from the prompt's end, and compares the two logits rows at
 absolute difference, the share of positions whose argmax differs, and the smallest top-2 gap among positions
 whose argmax differs. Timing: one block of ``--block`` tokens against as many one-token steps, median of 5.
 
-    python benchmarks/llamacpp_numerics.py [--model PATH] [--tokens 48] [--block 8]
+    python benchmarks/llamacpp_numerics.py [--model PATH] [--tokens 48] [--block 8] [--workload code_edit --limit 4]
     python benchmarks/llamacpp_numerics.py --cost [--rounds 3]
 
 ``--cost`` measures what flash attention costs: two Llamas on the same file, flash attention off and on, decode the
@@ -45,7 +45,7 @@ PROMPTS = [
 def load(model: str | None, **settings: Any) -> Any:
     from anydecode.plugins.llamacpp.runtime import load_default
 
-    kwargs: dict[str, Any] = {"n_ctx": 1024, "logits_all": True}
+    kwargs: dict[str, Any] = {"n_ctx": 2048, "logits_all": True}
     if model:
         kwargs["model_path"] = model
     kwargs.update(settings)
@@ -78,13 +78,23 @@ def greedy(llm: Any, prefix: list[int], n: int) -> list[int]:
     return out
 
 
-def compare(llm: Any, tokens: int) -> dict[str, float]:
+def prefixes(llm: Any, workload: str | None, limit: int) -> list[list[int]]:
+    """Token ids of the built-in prompts, or of a workload's first ``limit`` prompts (chat template applied)."""
+    if workload is None:
+        return [llm.tokenize(text.encode(), add_bos=True) for text in PROMPTS]
+    from anydecode.bench import load_workload
+    from anydecode.cli import runtime_named
+
+    runtime = runtime_named("llamacpp")
+    return [runtime.encode(llm, item["prompt"], chat=item["chat"]) for item in load_workload(workload, limit)]
+
+
+def compare(llm: Any, tokens: int, workload: str | None = None, limit: int = 4) -> dict[str, float]:
     worst = 0.0
     parted = 0
     positions = 0
     gaps: list[float] = []
-    for text in PROMPTS:
-        prefix = llm.tokenize(text.encode(), add_bos=True)
+    for prefix in prefixes(llm, workload, limit):
         seq = greedy(llm, prefix, tokens)
         one = eval_logits(llm, prefix, seq, block=False)
         blk = eval_logits(llm, prefix, seq, block=True)
@@ -147,6 +157,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--block", type=int, default=8)
     parser.add_argument("--cost", action="store_true", help="time flash attention on against off")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workload", help="compare on a workload's prompts (longer contexts) instead of the built-in"
+                        " ones")
+    parser.add_argument("--limit", type=int, default=4)
+    parser.add_argument("--settings", default=None, help="comma-separated names from the grid (default: all)")
     args = parser.parse_args(argv)
     if args.cost:
         cost(args.model, args.tokens, args.block, args.rounds)
@@ -169,9 +183,12 @@ def main(argv: list[str] | None = None) -> None:
           f"{ctypes.string_at(llama_cpp.llama_print_system_info()).decode().strip()}")
     print(f"{'setting':<24} {'max |diff|':>10} {'argmax differs':>15} {'largest gap parted':>19} "
           f"{'block ms':>9} {'1-token steps ms':>17} {'ratio':>6}")
+    wanted = args.settings.split(",") if args.settings else [name for name, _ in grid]
     for name, settings in grid:
+        if name not in wanted:
+            continue
         llm = load(args.model, **settings)
-        res = compare(llm, args.tokens)
+        res = compare(llm, args.tokens, args.workload, args.limit)
         blk, one = timing(llm, args.block)
         print(f"{name:<24} {res['max_abs_diff']:>10.4f} {100 * res['argmax_differs']:>14.1f}% "
               f"{res['largest_gap_parted']:>19.4f} {1000 * blk:>9.1f} {1000 * one:>17.1f} {blk / one:>6.2f}")

@@ -8,7 +8,9 @@ vLLM's acceptance counters, tokens per target pass, and the share of outputs ide
 
     python benchmarks/vllm_spec_bench.py [--prompts 16] [--single 8] [--k 8] [--methods none,ngram,iad,...]
 
-A method is ``none``, ``ngram`` or a drafter with optional settings (``iad:max_match_ngram=5``). Our drafters
+A method is ``none``, ``ngram``, ``vllm-suffix`` (vLLM's SuffixDecoding proposer; arctic-inference must be
+importable, settings as ``vllm-suffix:max_tree_depth=24``) or one of our drafters with optional settings
+(``iad:max_match_ngram=5``). ``--workload`` takes a shipped workload's name or a ``.jsonl`` file. Our drafters
 start afresh for each measurement (ADED's table learns across requests: it must not see the outputs twice).
 """
 
@@ -22,23 +24,27 @@ import platform
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 from anydecode.workloads import FOLDER
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-WORKLOAD = FOLDER / "editing.jsonl"
 EXTENSION = "anydecode.plugins.vllm.worker.AnydecodeWorkerExtension"
 COUNTERS = {"vllm:spec_decode_num_drafts": "drafts", "vllm:spec_decode_num_draft_tokens": "draft_tokens",
             "vllm:spec_decode_num_accepted_tokens": "accepted"}
 
 
-def load_prompts(path: str, n: int) -> list[tuple[str, int]]:
+WARM = "Say hello."
+
+
+def load_prompts(path: str, n: int, workload: str = "editing") -> list[tuple[str, int]]:
     from transformers import AutoTokenizer
 
+    file = Path(workload) if workload.endswith(".jsonl") else FOLDER / f"{workload}.jsonl"
     tok = AutoTokenizer.from_pretrained(path)
     out = []
-    for line in WORKLOAD.read_text().splitlines()[:n]:
+    for line in file.read_text().splitlines()[:n]:
         doc = json.loads(line)
         text = doc["prompt"]
         if doc.get("chat", True):
@@ -61,6 +67,10 @@ def speculative(method: str, k: int, ngram: tuple[int, int]) -> dict:
     if name == "ngram":
         return {"speculative_config": {"method": "ngram", "num_speculative_tokens": k,
                                        "prompt_lookup_max": ngram[0], "prompt_lookup_min": ngram[1]}}
+    if name == "vllm-suffix":  # vLLM's SuffixDecoding proposer (needs arctic-inference importable)
+        return {"speculative_config": {"method": "suffix", "num_speculative_tokens": k,
+                                       **{f"suffix_decoding_{key}": float(v) if "." in v else int(v)
+                                          for key, v in settings.items()}}}
     from anydecode.plugins.vllm import speculative_args
 
     return {**speculative_args(name, num_speculative_tokens=k, **settings), "worker_extension_cls": EXTENSION}
@@ -70,7 +80,7 @@ def reset(llm, method: str) -> None:
     """A fresh drafter for each measurement: ADED's tri-gram table would otherwise have learnt the very outputs
     it is asked to draft (the same prompts run in each mode)."""
     name, settings = parse_method(method)
-    if name not in ("none", "ngram"):
+    if name not in ("none", "ngram", "vllm-suffix"):
         llm.collective_rpc("anydecode_set_drafter", args=(name, settings))
 
 
@@ -109,27 +119,31 @@ def measure(llm, prompts: list[tuple[str, int]], one_at_a_time: bool) -> dict:
 
 
 def run_method(method: str, path: str, prompts, single: int, args) -> dict:
-    from vllm import LLM
+    from vllm import LLM, SamplingParams
 
-    started = time.perf_counter()
-    llm = LLM(model=path, dtype="float32", enforce_eager=True, max_model_len=2048, max_num_seqs=len(prompts),
-              seed=0, disable_log_stats=False, **speculative(method, args.k, (args.ngram_max, args.ngram_min)))
-    start_s = time.perf_counter() - started
-    try:
-        from vllm import SamplingParams
+    def engine() -> tuple[Any, float]:
+        started = time.perf_counter()
+        llm = LLM(model=path, dtype="float32", enforce_eager=True, max_model_len=2048, max_num_seqs=len(prompts),
+                  seed=0, disable_log_stats=False, **speculative(method, args.k, (args.ngram_max, args.ngram_min)))
+        # warm-up on a prompt outside the workload (a proposer that learns across requests must not see one)
+        llm.generate([WARM], SamplingParams(temperature=0, max_tokens=16), use_tqdm=False)
+        return llm, time.perf_counter() - started
 
-        llm.generate([prompts[0][0]], SamplingParams(temperature=0, max_tokens=16), use_tqdm=False)  # warm-up
-        result = {"method": method, "engine_start_s": start_s}
-        reset(llm, method)
-        result["batch"] = measure(llm, prompts, False)
-        if single:
+    result: dict[str, Any] = {"method": method}
+    # each mode on a fresh engine: vLLM's suffix proposer keeps every finished request's output (its global tree)
+    # and cannot be reset through the API, so on the batch's engine it would have seen the single prompts' outputs
+    for mode in ("batch", "single"):
+        if mode not in args.modes or (mode == "single" and not single):
+            continue
+        llm, result["engine_start_s"] = engine()
+        try:
             reset(llm, method)
-            result["single"] = measure(llm, prompts[:single], True)
-        return result
-    finally:
-        del llm
-        gc.collect()
-        time.sleep(3)  # let the engine's processes exit before the next one starts
+            result[mode] = measure(llm, prompts if mode == "batch" else prompts[:single], mode == "single")
+        finally:
+            del llm
+            gc.collect()
+            time.sleep(3)  # let the engine's processes exit before the next one starts
+    return result
 
 
 def commit() -> str:
@@ -156,6 +170,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=8, help="num_speculative_tokens of every method")
     parser.add_argument("--ngram-max", type=int, default=3, help="vLLM ngram prompt_lookup_max")
     parser.add_argument("--ngram-min", type=int, default=1, help="vLLM ngram prompt_lookup_min")
+    parser.add_argument("--modes", default="batch,single", help="batch and/or single")
+    parser.add_argument("--workload", default="editing", help="a shipped workload's name or a .jsonl file")
     parser.add_argument("--methods", default="none,ngram,iad,prompt_lookup,aded,none")
     parser.add_argument("--out", default="benchmarks/results/vllm_spec.json")
     args = parser.parse_args()
@@ -165,7 +181,7 @@ def main() -> None:
     from anydecode.models import ensure_hf_copy
 
     path = str(ensure_hf_copy())
-    prompts = load_prompts(path, args.prompts)
+    prompts = load_prompts(path, args.prompts, args.workload)
     runs = []
     for method in args.methods.split(","):
         print(f"== {method}", flush=True)
@@ -174,7 +190,7 @@ def main() -> None:
                for mode in ("batch", "single") if mode in runs[-1]}, flush=True)
 
     baselines = [r for r in runs if r["method"] == "none"]
-    report = {"workload": WORKLOAD.name, "prompts": len(prompts), "single": args.single, "k": args.k,
+    report = {"workload": args.workload, "prompts": len(prompts), "single": args.single, "k": args.k,
               "ngram": {"prompt_lookup_max": args.ngram_max, "prompt_lookup_min": args.ngram_min},
               "vllm": vllm.__version__, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
               "commit": commit(), "modes": {}}

@@ -62,33 +62,50 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 def linear_modules(model: torch.nn.Module) -> list[torch.nn.Linear]:
-    """Plain ``nn.Linear`` layers with fp32 CPU weights whose ``forward`` nobody has replaced (accelerate hooks,
-    quantisation wrappers and subclasses keep their own)."""
+    """Plain ``nn.Linear`` layers with fp32 CPU weights whose ``forward`` nobody has replaced or hooked (accelerate
+    hooks, quantisation wrappers, pruning and weight norm, subclasses keep their own)."""
     return [m for m in model.modules()
-            if type(m) is torch.nn.Linear and "forward" not in m.__dict__
+            if type(m) is torch.nn.Linear and "forward" not in m.__dict__ and "weight" in m._parameters
+            and not m._forward_pre_hooks and not m._forward_hooks  # pruning, weight norm: weights set per call
             and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32]
 
 
-#: each layer's oneDNN forward, made once (a swap runs around every forward pass of a session)
+#: each layer's oneDNN forward with the weights it was made for, made once (a swap runs around every forward pass)
 _FORWARDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def _eligible_weights(weight: torch.Tensor | None, bias: torch.Tensor | None) -> bool:
+    return (weight is not None and weight.device.type == "cpu" and weight.dtype == torch.float32
+            and weight.layout == torch.strided and weight.is_contiguous()
+            and (bias is None or (bias.device.type == "cpu" and bias.dtype == torch.float32)))
+
+
 def _forward_of(module: torch.nn.Linear) -> Any:
+    """The layer's oneDNN forward, or None where its weights are not eligible (dtype, device, layout), checked at
+    every swap. Per call only what may differ between threads is checked (grad mode, the input's dtype): another
+    thread may run the same model while it is swapped. The cache is keyed weakly on the layer and its value refers to
+    the weights weakly too: a value that referred to its key would keep every model alive, and one that held the
+    weights would keep replaced weights alive."""
+    params = module._parameters
+    weight, bias = params.get("weight"), params.get("bias")
+    if not _eligible_weights(weight, bias):
+        return None
     cached = _FORWARDS.get(module)
-    if cached is not None:
-        return cached
-    # the forward refers to its layer weakly: a strong reference from the cached value to its key would keep every
-    # model this module ever touched alive
-    layer = weakref.ref(module)
+    if cached is not None and cached[0]() is weight and (cached[1]() if cached[1] else None) is bias:
+        return cached[2]
+    op = torch.ops.mkldnn._linear_pointwise
+    linear = torch.nn.functional.linear
+    weight_ref = weakref.ref(weight)
+    bias_ref = weakref.ref(bias) if bias is not None else None
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        m = layer()
-        assert m is not None  # the layer is running this forward
-        if eligible(x, m.weight):
-            return onednn_linear(x, m.weight, m.bias)
-        return reference_linear(x, m.weight, m.bias)
+        w = weight_ref()
+        b = bias_ref() if bias_ref is not None else None
+        if x.dtype is not torch.float32 or torch.is_grad_enabled():
+            return linear(x, w, b)
+        return op(x, w, b, "none", [], "")
     forward._anydecode_fast_linear = True  # type: ignore[attr-defined]
-    _FORWARDS[module] = forward
+    _FORWARDS[module] = (weight_ref, bias_ref, forward)
     return forward
 
 
@@ -96,17 +113,23 @@ def _forward_of(module: torch.nn.Linear) -> Any:
 def fast_linear(model: torch.nn.Module, enabled: bool = True,
                 modules: list[torch.nn.Linear] | None = None) -> Iterator[int]:
     """Run ``model``'s plain linear layers (or the given ``modules``, from :func:`linear_modules`) through oneDNN
-    inside the block; yields how many layers were switched (0 where disabled or not :func:`available`)."""
-    if not (enabled and available()):
+    inside the block; yields how many layers were switched (0 where disabled, not :func:`available`, or where
+    autograd or CPU autocast is on: the oneDNN forward takes fp32 inputs without a graph)."""
+    if not (enabled and available()) or torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"):
         modules = []
     elif modules is None:
         modules = linear_modules(model)
-    modules = [m for m in modules if "forward" not in m.__dict__]
+    switched = []
     for m in modules:
-        m.forward = _forward_of(m)  # type: ignore[method-assign]
+        forward = _forward_of(m) if "forward" not in m.__dict__ else None
+        if forward is not None:
+            # straight into the instance dict: nn.Module.__setattr__ costs more than the swap itself, and a
+            # layer's own ``forward`` attribute shadows the class method the same way
+            m.__dict__["forward"] = forward
+            switched.append(m)
     try:
-        yield len(modules)
+        yield len(switched)
     finally:
-        for m in modules:
+        for m in switched:
             if getattr(m.__dict__.get("forward"), "_anydecode_fast_linear", False):
-                del m.forward
+                del m.__dict__["forward"]

@@ -25,7 +25,7 @@ from .session import ModelSession
 from .transform import LogitsTransform
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class TransformContext:
     """What a transform may need to know about the model it runs against, without a runtime in hand."""
 
@@ -39,7 +39,7 @@ class TransformContext:
     max_grammar_states: int | None = None
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class DecodeContext(TransformContext):
     """Everything a decoder's ``run`` gets from the runtime adapter: sessions after prefill, prompts, limits, and
     the runtime's own processors and stopping rules (every decoder applies them)."""

@@ -206,6 +206,14 @@ class SpeculativeLoop:
         blocks = [pending[b] + drafts[b].tokens if active[b] else [] for b in range(rows)]
         seq, width = self._forward(prev, blocks)
         step.logits, step.width, step.cost_width = seq, width, float(width)
+        if self.greedy and self.coins is None and self.processors is None and not any(
+                active[b] and len(d) for b, d in enumerate(drafts)):
+            # nothing drafted (the controller chose plain steps): the next token is the argmax after each row's
+            # pending tokens, as verification of an empty draft would find, without building its tensors
+            for b in range(rows):
+                if active[b]:
+                    step.next_tokens[b] = int(seq.row(b, len(pending[b])).argmax())
+            return step
         lengths = torch.tensor([len(d) if active[b] else 0 for b, d in enumerate(drafts)], dtype=torch.long)
         depth = int(lengths.max()) if rows else 0
         starts = torch.tensor([len(p) if active[b] else 0 for b, p in enumerate(pending)], dtype=torch.long)

@@ -56,6 +56,8 @@ class DraftLengthController:
                  probe_every: int = 8, fixed_cost: tuple[float, ...] | None = None,
                  prior_cost: tuple[float, ...] | None = None):
         self.samples: deque[tuple[int, float]] = deque(maxlen=history)
+        self._fitted: Cost | None = None
+        self._unfitted = 0  # forwards recorded since the last fit
         #: ``(c0, c1)`` or ``(c0, c1, cb)`` used instead of timings (deterministic draft lengths)
         self.fixed_cost: Cost | None = _as_cost(fixed_cost)
         #: the session's cost hint, used until timed forwards can be fitted
@@ -89,9 +91,14 @@ class DraftLengthController:
         self.idle[row], self.wait[row], self.probing[row], self.bank[row] = 0, self.probe_every, False, 0.0
         self.hits[row], self.trials[row] = 4.0 * self.prior_acceptance, 4.0
 
+    #: forwards timed between two least-squares fits of the cost model (a fit per step would cost more than the
+    #: drafting decisions it informs on a fast runtime)
+    REFIT_EVERY = 8
+
     def record_forward(self, width: int, seconds: float) -> None:
         if self.fixed_cost is None:
             self.samples.append((width, seconds))
+            self._unfitted += 1
 
     def new_phase(self, row: int) -> None:
         """The drafter found a new source of drafts for ``row`` (a fresh draft): probe it at the next step, as soon
@@ -122,6 +129,14 @@ class DraftLengthController:
             return self.fixed_cost
         if len(self.samples) < 4:
             return self.prior_cost
+        if self._fitted is not None and self._unfitted < self.REFIT_EVERY:
+            return self._fitted
+        self._unfitted = 0
+        fit = self._fit()
+        self._fitted = fit if fit is not self.prior_cost else None  # one width so far: fit again at the next
+        return fit
+
+    def _fit(self) -> Cost | None:
         widths = np.array([w for w, _ in self.samples], dtype=np.float64)
         times = np.array([t for _, t in self.samples], dtype=np.float64)
         if np.ptp(widths) <= 0:

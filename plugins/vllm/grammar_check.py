@@ -12,6 +12,7 @@ once; ``validate_params``, which vLLM calls synchronously on the event loop, onl
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import logging
 import multiprocessing
@@ -74,7 +75,7 @@ def _serve(conn: Any, tokenizer_name: str,
         try:
             dec = get_decoder(decoder)
             config = dec.configure(settings)
-            context = TransformContext(**{**base.__dict__, "max_grammar_states": max_states})
+            context = dataclasses.replace(base, max_grammar_states=max_states)
             compile_for(config, context)  # type: ignore[arg-type]
             conn.send(("ok", None))
         except AnydecodeError as exc:

@@ -137,6 +137,10 @@ class _Slot:
     #: V1: vLLM's live list of the request's output tokens; V2: refreshed from the device each step
     output_ids: list[int]
     max_tokens: int | None = None
+    #: the request asked vLLM not to stop at EOS (``ignore_eos``): an EOS is no sign that it ended
+    ignore_eos: bool = False
+    #: V2: already read back while absent from a step (read again only after it was present again)
+    checked_absent: bool = False
 
 
 class AnydecodeLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
@@ -218,7 +222,8 @@ class AnydecodeLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
         if plan is None:
             return False
         self._ensure_context()
-        self.slots[index] = _Slot(plan, prompt_ids, output_ids, getattr(params, "max_tokens", None))
+        self.slots[index] = _Slot(plan, prompt_ids, output_ids, getattr(params, "max_tokens", None),
+                                  bool(getattr(params, "ignore_eos", False)))
         if prompt_ids is not None:  # V1 knows the prompt now; V2 reads it from the device at the first apply
             self.requests.start(index, self._transform_for(plan), prompt_ids)
         return True
@@ -265,6 +270,21 @@ class AnydecodeLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
         total = int(rs.total_len.gpu[slot])
         return prompt_len, rs.all_token_ids.gpu[slot, :total].tolist()
 
+    def _v2_finished(self, present: set[int]) -> None:
+        """End the requests that left the batch by finishing: V2 tells a processor nothing when a request ends, so
+        a slot absent from a step is read back once; one whose tokens end with EOS (unless it ignores EOS) or reach
+        ``max_tokens`` is ended now (its transform finished, ASAp's count of live rows lowered), not when vLLM
+        reuses the slot. A slot absent for another reason (preempted, another pipeline stage's batch) is left as it
+        is, and read again only after it has been present again."""
+        for index, slot in list(self.slots.items()):
+            if index in present:
+                slot.checked_absent = False
+            elif not slot.checked_absent:
+                slot.checked_absent = True
+                reason = self._v2_reason(index)
+                if reason != "abort":
+                    self._end(index, reason)
+
     def _v2_reason(self, index: int) -> str:
         """Why the request that held ``index`` ended, read from its committed tokens (when the slot is reused, vLLM
         has not yet written the new request's tokens over the old one's: ``apply_staged_writes`` comes later)."""
@@ -276,7 +296,7 @@ class AnydecodeLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
             if tokens[:prompt_len] == slot.prompt_ids:
                 slot.output_ids[:] = tokens[prompt_len:]
         out = slot.output_ids
-        if out and out[-1] in self.requests.eos:
+        if out and out[-1] in self.requests.eos and not slot.ignore_eos:
             return "stop"
         if slot.max_tokens is not None and len(out) >= slot.max_tokens:
             return "length"
@@ -298,11 +318,13 @@ class AnydecodeLogitsProcessor(V1LogitsProcessor, V2LogitsProcessor):
             rows = [(index, index, slot) for index, slot in self.slots.items() if index < logits.shape[0]]
         else:  # V2: row i is the request in slot expanded_idx_mapping[i]
             rows = []
-            for i, index in enumerate(ctx.expanded_idx_mapping.tolist()):
+            mapping = ctx.expanded_idx_mapping.tolist()
+            for i, index in enumerate(mapping):
                 slot = self.slots.get(index)
                 if slot is not None:
                     self._refresh_v2(index, slot)
                     rows.append((i, index, slot))
+            self._v2_finished(set(mapping))
         if not rows:
             return logits
         picked = [i for i, _, _ in rows]

@@ -50,3 +50,17 @@ def test_conformance_toy_suite_passes():
     out = cli("conformance", "--runtime", "toy", "--quick", "--json")
     assert out.returncode == 0, out.stdout + out.stderr
     assert json.loads(out.stdout)["failed"] == 0
+
+
+def test_shipped_workloads_load_from_the_installed_package_outside_a_checkout(tmp_path, monkeypatch):
+    """Issue 12: bench found workloads only in a source checkout's benchmarks/ folder."""
+    from anydecode import workloads
+    from anydecode.bench import load_workload
+
+    monkeypatch.chdir(tmp_path)  # no benchmarks/ folder here
+    names = workloads.names()
+    assert {"chat", "editing", "editing2", "code_edit", "rewrite"} <= set(names)
+    for name in names:
+        items = load_workload(name, 2)
+        assert items and all(isinstance(i["prompt"], str) and i["max_new_tokens"] > 0 for i in items)
+    assert load_workload(None, 1)[0]["prompt"] == load_workload("chat", 1)[0]["prompt"]

@@ -107,3 +107,56 @@ def test_fast_linear_true_where_unavailable_is_an_error(monkeypatch):
     with pytest.raises(RuntimeAdapterError, match="fast_linear=True needs a CPU model"):
         HFSession(tiny_llama(), [2], fast_linear=True)
     assert not HFSession(tiny_llama(), [2]).fast_linear
+
+
+@pytest.mark.skipif(not cpu_linear.available(), reason="oneDNN linear not available here")
+def test_fast_linear_follows_replaced_weights_and_leaves_autograd_alone():
+    layer = torch.nn.Linear(4, 3)
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        with cpu_linear.fast_linear(layer, modules=[layer]):
+            layer(x)
+        layer.weight = torch.nn.Parameter(torch.randn(3, 4))  # a new tensor, not an in-place copy
+        with cpu_linear.fast_linear(layer, modules=[layer]) as switched:
+            assert switched == 1
+            got = layer(x)
+        torch.testing.assert_close(got, torch.nn.functional.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+    with cpu_linear.fast_linear(layer, modules=[layer]) as switched:  # autograd on: transformers' own path
+        assert switched == 0
+        assert layer(x).requires_grad
+
+
+@pytest.mark.skipif(not cpu_linear.available(), reason="oneDNN linear not available here")
+def test_the_forward_cache_does_not_keep_models_alive():
+    import gc
+    import weakref
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+    with torch.no_grad(), cpu_linear.fast_linear(model) as switched:
+        assert switched == 2
+        model(torch.randn(1, 4))
+    gone = weakref.ref(model)
+    layers = len(cpu_linear._FORWARDS)
+    del model
+    gc.collect()
+    assert gone() is None
+    assert len(cpu_linear._FORWARDS) <= layers - 2
+
+
+@pytest.mark.skipif(not cpu_linear.available(), reason="oneDNN linear not available here")
+def test_pruned_layers_keep_their_own_forward_and_other_threads_keep_autograd():
+    """A pruned layer gets its weight from a hook at every call: it is left alone. While a layer is swapped, a call
+    with autograd on (another thread's training step) takes transformers' path and gets gradients."""
+    from torch.nn.utils import prune
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    prune.l1_unstructured(model[0], "weight", 0.5)
+    assert cpu_linear.linear_modules(model) == [model[1]]
+    x = torch.randn(3, 4)
+    with torch.no_grad(), cpu_linear.fast_linear(model) as switched:
+        assert switched == 1
+        forward = model[1].__dict__["forward"]
+    with torch.enable_grad():
+        out = forward(x)
+        out.sum().backward()
+    assert model[1].weight.grad is not None

@@ -112,6 +112,28 @@ def test_min_new_tokens_counts_from_the_padded_prompt_on_left_padded_rows(model)
         assert eos not in row[:5], row
 
 
+class BoostEos:
+    """A user's processor that makes EOS the most likely token wherever it is allowed."""
+
+    def __call__(self, input_ids, scores):
+        scores = scores.clone()
+        scores[:, 2] = scores[:, 2] + 1000.0
+        return scores
+
+
+def test_min_new_tokens_releases_eos_at_the_same_step_on_padded_and_unpadded_rows(model):
+    """With EOS boosted, each row's first EOS comes exactly when min_new_tokens allows it: counting from the
+    unpadded prompt would hold EOS back two more steps on the padded row."""
+    ids = torch.tensor([[0, 0, 5, 9], [1, 5, 9, 14]])
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=mask, custom_generate=hf.generate, decoder="greedy",
+                             min_new_tokens=5, max_new_tokens=9, logits_processor=LogitsProcessorList([BoostEos()]),
+                             eos_token_id=2, pad_token_id=0)
+    for row in out[:, ids.shape[1]:].tolist():
+        assert row.index(2) == 5, row
+
+
 class Recorder(LogitsTransform):
     """Remembers every request it starts and finishes."""
 
@@ -151,6 +173,49 @@ def test_a_reused_processor_starts_a_new_request_at_every_generate_call(model, r
     assert made.started == [[1, 5, 9], [1, 5, 9, 14, 20, 21]]
     assert len(made.finished) == 2  # each generate() call's request ended, the first when its list was freed
     assert proc.requests.keys() == []
+
+
+class EndOrBan(LogitsTransform):
+    """Rows whose prompt starts with 7 may only end (EOS); the others may never emit ``banned``."""
+
+    def __init__(self, banned: int):
+        self.banned = banned
+
+    def start(self, prompt_ids):
+        return int(prompt_ids[0])
+
+    def apply(self, state, generated_ids, logits):
+        out = logits.clone()
+        if state == 7:
+            out[:] = float("-inf")
+            out[2] = 0.0
+        else:
+            out[self.banned] = float("-inf")
+        return out
+
+
+def test_a_row_that_ended_in_the_previous_call_is_constrained_in_the_next(model):
+    """Issue 12: reusing a processor, rows that had finished in the previous generate() call skipped the
+    transform in the next one."""
+    second = torch.tensor([[1, 5, 9], [1, 5, 9]])
+    with torch.no_grad():
+        plain = model.generate(second, attention_mask=torch.ones_like(second), max_new_tokens=4, do_sample=False)
+    banned = int(plain[0, 3])  # what the model says first without the transform
+    transform = EndOrBan(banned)
+    decoder = anydecode.algorithms.loop.transform_decoder("end_or_ban", anydecode.DecoderConfig,
+                                                          lambda c, x: transform)
+    proc = hf.logits_processor(decoder, vocab_size=96, eos_token_ids=[2])
+    first = torch.tensor([[7, 5, 9], [1, 5, 9]])  # row 0 ends at once
+    with torch.no_grad():
+        out1 = model.generate(first, attention_mask=torch.ones_like(first),
+                              logits_processor=LogitsProcessorList([proc]), max_new_tokens=4, do_sample=False,
+                              eos_token_id=2, pad_token_id=0)
+        out2 = model.generate(second, attention_mask=torch.ones_like(second),
+                              logits_processor=LogitsProcessorList([proc]), max_new_tokens=4, do_sample=False,
+                              eos_token_id=2, pad_token_id=0)
+    assert int(out1[0, 3]) == 2
+    for row in out2[:, 3:].tolist():
+        assert banned not in row, row
 
 
 def test_the_processor_is_called_by_transformers_from_a_per_call_list(model, recorder):

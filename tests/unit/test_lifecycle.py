@@ -34,7 +34,8 @@ class Recorder(LogitsTransform):
     def apply(self, state, generated_ids, logits):
         state["seen"].append(tuple(generated_ids))
         out = logits.clone()
-        out[len(generated_ids) % VOCAB] += 1.0  # depends on the row's own history only
+        # depends on the request's own prompt and history only: a request handed another's state shows
+        out[(len(generated_ids) + state["prompt"][0]) % VOCAB] += 1.0
         return out
 
     def finish(self, state, generated_ids, reason):
@@ -63,13 +64,15 @@ def test_interleavings_keep_each_request_like_a_fresh_run(ops):
             logits = torch.zeros(VOCAB)
             out = table.apply(a, request["generated"], logits)
             fresh = torch.zeros(VOCAB)
-            fresh[len(request["generated"]) % VOCAB] += 1.0
+            fresh[(len(request["generated"]) + request["prompt"][0]) % VOCAB] += 1.0
             assert torch.equal(out, fresh)  # equal to a fresh run of this request alone
             request["generated"].append(b)
         elif op == "finish" and a in live:
             request = live.pop(a)
             table.finish(a, request["generated"])
             finished_ids.append(request["id"])
+            # the request finished is this one, with its own tokens
+            assert transform.log[-1] == ("finish", request["id"], tuple(request["generated"]), "length")
         elif op == "abort" and a in live:
             finished_ids.append(live.pop(a)["id"])
             table.abort(a)
@@ -158,7 +161,7 @@ def test_a_transform_still_building_is_awaited_then_used_and_a_failed_build_ends
     transform = Recorder()
     ready.set_result(transform)
     out = table.apply(0, [], torch.zeros(VOCAB))
-    assert out[0] == 1.0 and transform.log[0][0] == "start"
+    assert out[1] == 1.0 and transform.log[0][0] == "start"
     slow: Future = Future()
     table.start(1, slow, [1])
     assert torch.isfinite(table.apply(1, [], torch.zeros(VOCAB))).sum() == 1  # not ready in time: ended

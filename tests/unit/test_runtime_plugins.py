@@ -50,6 +50,21 @@ def test_bench_on_the_third_party_runtime_uses_its_eos_and_baselines(digits, tmp
     assert report["identical_share"] == 1.0 and report["runtime"] == "digits"
 
 
+def test_bench_compares_outputs_without_the_runtimes_own_eos(digits, tmp_path, monkeypatch):
+    """Issue 12: bench hard-coded EOS 2. It must strip the EOS the runtime's tokenizer names (digits: 0)."""
+    import anydecode.bench as bench
+
+    seen = []
+    alternate = bench._alternate
+    monkeypatch.setattr(bench, "_alternate", lambda a, b, items, eos, *rest: seen.append(eos) or alternate(
+        a, b, items, eos, *rest))
+    workload = tmp_path / "w.jsonl"
+    workload.write_text(json.dumps({"prompt": "123", "max_new_tokens": 4}))
+    assert main(["bench", "--runtime", "digits", "--decoder", "greedy", "--baseline", "native-greedy",
+                 "--workload", str(workload), "--out", str(tmp_path), "--json"]) == 0
+    assert seen == [{0}]
+
+
 def test_conformance_on_the_third_party_runtime(digits, capsys):
     code = main(["conformance", "--runtime", "digits", "--quick", "--json"])
     report = json.loads(capsys.readouterr().out)

@@ -139,3 +139,51 @@ def test_decode_context_defaults():
     ctx = DecodeContext(vocab_size=3)
     assert ctx.processors is None and ctx.stopping is None and ctx.owner is None and ctx.max_new_tokens == 64
     assert ctx.pad == 0 and not hasattr(ctx, "extra")
+
+
+def test_decode_context_takes_no_undeclared_keys():
+    """Issue 12: adapters passed seven undeclared keys through ``ctx.extra`` and each decoder read the ones it
+    remembered. Every field is declared now, and setting any other attribute is an error."""
+    ctx = DecodeContext(vocab_size=3)
+    with pytest.raises(AttributeError):
+        ctx.model = object()  # type: ignore[attr-defined]
+    with pytest.raises(AttributeError):
+        ctx.extra = {}  # type: ignore[attr-defined]
+    ctx.owner = object()  # a declared field
+
+
+class _Finishes(LogitsTransform):
+    def __init__(self):
+        self.finished: list[tuple[int, str]] = []
+
+    def start(self, prompt_ids):
+        return len(prompt_ids)
+
+    def apply(self, state, generated_ids, logits):
+        return logits
+
+    def finish(self, state, generated_ids, reason):
+        self.finished.append((state, reason))
+
+
+@pytest.mark.parametrize("error", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_the_loop_finishes_every_row_when_something_raises(error):
+    """Issue 12: an exception inside the loop (here a streaming callback; a client's Ctrl-C alike) used to skip
+    ``transform.finish``, leaving grammar and ASAp state open. Every row is finished once, as "abort", and the
+    error still reaches the caller."""
+    from anydecode.algorithms.loop import autoregressive
+    from anydecode.algorithms.sampling.select import TokenSelector
+    from anydecode.conformance import ToyModel, toy_context
+
+    calls = []
+
+    def on_token(row, token):
+        calls.append(row)
+        if len(calls) == 3:
+            raise error
+
+    transform = _Finishes()
+    ctx = toy_context(ToyModel.seeded(9, seed=2), [[1, 2], [3, 4, 5]], 8, on_token=on_token)
+    with pytest.raises(type(error)):
+        autoregressive(ctx, transform, TokenSelector(greedy=True))
+    assert sorted(transform.finished) == [(2, "abort"), (3, "abort")]

@@ -481,3 +481,34 @@ def test_under_sampling_a_fixed_cost_hint_sizes_drafts_from_acceptance_alone():
     first, second = sample_once(), sample_once()
     assert first.sequences == second.sequences
     assert first.stats["drafted"] == second.stats["drafted"]
+
+
+class SampledWithoutQ(anydecode.algorithms.speculative.draft.Drafter):
+    """A drafter that says it samples its drafts but reports no distribution for them."""
+
+    deterministic = False
+
+    def __init__(self, tree: bool):
+        self.tree = tree
+
+    def start(self, prompts):
+        pass
+
+    def propose(self, contexts, limits):
+        parents = [-1, -1, 0] if self.tree else None
+        return [Draft([1, 2, 3], parents, None) for _ in contexts]
+
+    def feedback(self, row, draft, accepted_path):
+        pass
+
+
+@pytest.mark.parametrize("tree", [False, True])
+@pytest.mark.parametrize("tree_attention", [True, False])
+def test_a_sampled_draft_without_q_is_an_error_on_chains_and_trees(tree, tree_attention):
+    """Verifying a sampled draft as if it were one-hot would change the output law: chain and tree paths refuse
+    it alike (issue 12: the tree path used to take it silently)."""
+    model = ToyModel.seeded(VOCAB, seed=1)
+    ctx = toy_context(model, [[1, 2]], 6, tree_attention=tree_attention)
+    with pytest.raises(ConfigError, match="gave no q"):
+        speculative_decode(ctx, SampledWithoutQ(tree), SpeculativeSampling(temperature=1.0, seed=0),
+                           cost_aware=False)
