@@ -54,23 +54,38 @@ def _sampling_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
     return {k: settings[k] for k in ("temperature", "top_k", "top_p", "min_p") if k in settings}
 
 
+def recorded_continuation(runtime: Any, handle: Any, ids: list[int], sampling: dict[str, Any],
+                          max_new_tokens: int) -> list[int]:
+    """The tokens the oracle drafts: the greedy output, or under sampling what the speculative loop samples with
+    the same seed when it drafts nothing (deterministic drafts are verified by coupling, so every drafter's output
+    is this one, and perfect drafts are accepted whole)."""
+    from anydecode.algorithms.generation import generate_on
+    from anydecode.registry import get_decoder
+
+    runtime.reset(handle)
+    if float(sampling.get("temperature", 0.0)) > 0:
+        dec = get_decoder("speculative")
+        config = dec.configure({**sampling, "drafter": "oracle", "continuation_ids": ()})
+    else:
+        dec = get_decoder("greedy")
+        config = dec.configure({})
+    return generate_on(runtime, handle, [ids], dec, config, max_new_tokens=max_new_tokens).token_ids
+
+
 def oracle_runner(runtime: Any, handle: Any, settings: dict[str, Any]) -> Runner:
-    """Speculative decoding with perfect drafts: the output recorded (untimed) by ``greedy``, or by ``sample`` with
-    the same seed under sampling, is what the oracle drafter proposes."""
+    """Speculative decoding with perfect drafts: the output recorded (untimed) by :func:`recorded_continuation`
+    is what the oracle drafter proposes."""
     from anydecode.algorithms.generation import generate_on
     from anydecode.registry import get_decoder
 
     sampling = {k: v for k, v in settings.items() if k in ("temperature", "top_k", "top_p", "min_p", "seed")}
-    sampled = float(sampling.get("temperature", 0.0)) > 0
-    recorder = get_decoder("sample" if sampled else "greedy")
-    record_config = recorder.configure(sampling if sampled else {})
+    if float(sampling.get("temperature", 0.0)) > 0:
+        sampling.setdefault("seed", 0)  # the recording and the oracle's run must draw the same numbers
     speculative = get_decoder("speculative")
 
     def run(item: dict[str, Any]) -> tuple[list[int], dict[str, Any]]:
         ids = runtime.encode(handle, item["prompt"], chat=item["chat"])
-        runtime.reset(handle)
-        recorded = generate_on(runtime, handle, [ids], recorder, record_config,
-                               max_new_tokens=item["max_new_tokens"]).token_ids
+        recorded = recorded_continuation(runtime, handle, ids, sampling, item["max_new_tokens"])
         config = speculative.configure({**sampling, "drafter": "oracle", "continuation_ids": tuple(recorded)})
         runtime.reset(handle)
         started = time.perf_counter()

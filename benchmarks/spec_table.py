@@ -10,8 +10,9 @@ Ratios are A's tokens per second over the baseline's, end to end and while decod
         --identity native-greedy
 
 The oracle's recording under greedy is the first decoder's output (lossless decoders all produce the handle's greedy
-output; the identical share says whether they did); under sampling it is the ``sample`` decoder's output with the
-same seed, recorded untimed.
+output; the identical share says whether they did); under sampling it is what the speculative loop samples with
+the same seed when it drafts nothing (``anydecode.bench.recorded_continuation``), recorded untimed: deterministic
+drafts are verified by coupling, so every drafter's output is that one, and the oracle's drafts are accepted whole.
 """
 from __future__ import annotations
 
@@ -29,24 +30,23 @@ SAMPLING = {"temperature": 0.7}
 
 
 def _oracle(runtime: Any, handle: Any, sampling: dict[str, Any]) -> Callable[[dict[str, Any], list[int]], tuple]:
+    """Runs the oracle on one prompt: ``(its tokens, stats, seconds, the recording it drafted)``."""
     from anydecode.algorithms.generation import generate_on
+    from anydecode.bench import recorded_continuation
     from anydecode.registry import get_decoder
 
     spec = get_decoder("speculative")
-    recorder = get_decoder("sample")
 
     def run(item: dict[str, Any], greedy_output: list[int]) -> tuple[list[int], dict[str, Any], float]:
         ids = runtime.encode(handle, item["prompt"], chat=item["chat"])
         recorded = greedy_output
         if sampling:
-            runtime.reset(handle)
-            recorded = generate_on(runtime, handle, [ids], recorder, recorder.configure(sampling),
-                                   max_new_tokens=item["max_new_tokens"]).token_ids
+            recorded = recorded_continuation(runtime, handle, ids, sampling, item["max_new_tokens"])
         config = spec.configure({**sampling, "drafter": "oracle", "continuation_ids": tuple(recorded)})
         runtime.reset(handle)
         started = time.perf_counter()
         out = generate_on(runtime, handle, [ids], spec, config, max_new_tokens=item["max_new_tokens"])
-        return out.token_ids, out.stats, time.perf_counter() - started
+        return out.token_ids, out.stats, time.perf_counter() - started, recorded
     return run
 
 
@@ -90,12 +90,14 @@ def measure(runtime: Any, handle: Any, decoders: list[str], baselines: list[str]
             outs[name] = ids
         if identity not in outs:
             outs[identity] = run_of[identity](item)[0]
-        # the oracle runs last: it drafts the first decoder's output (greedy) or records a sample itself
-        ids, stats, seconds = oracle(item, outs[decoders[0]])
+        # the oracle runs last: it drafts the first decoder's output (greedy) or records the loop's draw itself
+        ids, stats, seconds, recorded = oracle(item, outs[decoders[0]])
         _add(tot["oracle"], ids, stats, seconds)
         outs["oracle"] = ids
+        # under sampling the reference is the loop's own draw without drafts: every drafter must reproduce it
+        reference = recorded if sampling else outs[identity]
         for name in decoders + ["oracle"]:
-            tot[name]["identical"] += _strip(outs[name], eos) == _strip(outs[identity], eos)
+            tot[name]["identical"] += _strip(outs[name], eos) == _strip(reference, eos)
         print(f"\r  {i + 1}/{len(items)}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     return _summarise(tot, decoders, baselines, len(items))

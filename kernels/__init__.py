@@ -5,6 +5,7 @@ when triton is installed, and the vectorised torch reference otherwise (see docs
 
 * :func:`apply_token_masks`: packed grammar bitmasks and ASAp log-EFG corrections for all rows of a step;
 * :func:`verify_chain` / :func:`verify_chain_greedy`: speculative chain verification with in-kernel warping;
+* :func:`sample_tokens`: the token verification draws for a row without drafts (plain sampling on the streams);
 * :func:`sample_residual`, :func:`verify_tree_node`: residual sampling and SpecInfer's per-child residual updates;
 * :func:`diverse_beam_step`: Hamming penalty and per-group top-k candidates of diverse beam search;
 * :func:`warp_probs`: the sampler's temperature / top-k / top-p / min-p warp, batched with per-row settings;
@@ -22,6 +23,7 @@ from .dispatch import (
     launches,
     mode,
     sample_residual,
+    sample_tokens,
     triton_available,
     use,
     verify_chain,
@@ -37,6 +39,7 @@ __all__ = [
     "launches",
     "mode",
     "sample_residual",
+    "sample_tokens",
     "triton_available",
     "use",
     "verify_chain",

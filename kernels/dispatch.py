@@ -261,6 +261,26 @@ def verify_chain(target_logits: torch.Tensor, draft_tokens: torch.Tensor, draft_
     return run_kernel("verify", target_logits.device, args, block=block_size(target_logits.shape[-1], 1024))
 
 
+def sample_tokens(logits: torch.Tensor, *, seeds: torch.Tensor | int, offsets: torch.Tensor | int | None = None,
+                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
+                  rows: torch.Tensor | None = None) -> torch.Tensor:
+    """One sampled token per row of raw ``logits`` (``(N, V)``), int64 ``(N,)``: exactly the token
+    :func:`verify_chain` draws for a row without drafts (its bonus token), on the stream ``(seeds[i], rows[i],
+    offsets[i])``, with one sampling setting for every row (``temperature > 0``). Plain sampling steps of the
+    speculative loop and coupled verification (``verify_chain_coupled``) call this."""
+    from . import verify
+
+    if not float(temperature) > 0:
+        raise ValueError(f"temperature must be > 0 to sample (0 is greedy: take the argmax); got {temperature}")
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be (rows, vocab); got {tuple(logits.shape)}")
+    if backend(logits) == "reference":
+        return verify.sample_reference(logits, seeds, offsets, temperature, top_k, top_p, min_p, rows)
+    empty = torch.zeros(logits.shape[0], 0, dtype=torch.int64, device=logits.device)
+    return verify_chain(logits.unsqueeze(1), empty, None, seeds=seeds, offsets=offsets, lengths=0,
+                        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, rows=rows)[1]
+
+
 def verify_chain_greedy(target_logits: torch.Tensor, draft_tokens: torch.Tensor,
                         lengths: torch.Tensor | int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy chain verification: keep drafts while they equal the target's argmax; ``(accepted, next_token)``."""

@@ -77,6 +77,12 @@ def _word(x: torch.Tensor | int, shift: int = 0) -> torch.Tensor:
 def stream_key(seed: torch.Tensor | int, row: torch.Tensor | int, position: torch.Tensor | int) -> torch.Tensor:
     """The 32-bit key of one (seed, row, position) stream, as int64; arguments broadcast."""
     if _on_cpu(seed, row, position):
+        parts = [torch.as_tensor(v, dtype=torch.int64) for v in (seed, row, position)]
+        if all(t.numel() <= 8 for t in parts):  # a few streams (a step's rows): Python ints beat numpy's call cost
+            seeds, rows, positions = torch.broadcast_tensors(*parts)
+            return torch.tensor([_key_int(*v) for v in zip(seeds.reshape(-1).tolist(), rows.reshape(-1).tolist(),
+                                                           positions.reshape(-1).tolist())],
+                                dtype=torch.int64).reshape(seeds.shape)
         with np.errstate(over="ignore"):
             h = _mix32_np(_u32(seed) ^ np.uint32(SALT))
             h = _mix32_np(h ^ _u32(seed, 32))
@@ -86,6 +92,23 @@ def stream_key(seed: torch.Tensor | int, row: torch.Tensor | int, position: torc
     h = mix32(h ^ _word(seed, 32))
     h = mix32(h ^ _word(row))
     return mix32(h ^ _word(position))
+
+
+def _mix32_int(x: int) -> int:
+    """:func:`mix32` of one Python int word."""
+    x ^= x >> 16
+    x = (x * MIX_1) & MASK32
+    x ^= x >> 15
+    x = (x * MIX_2) & MASK32
+    return x ^ (x >> 16)
+
+
+def _key_int(seed: int, row: int, position: int) -> int:
+    """:func:`stream_key` of one stream, on Python ints."""
+    h = _mix32_int((seed & MASK32) ^ SALT)
+    h = _mix32_int(h ^ ((seed >> 32) & MASK32))
+    h = _mix32_int(h ^ (row & MASK32))
+    return _mix32_int(h ^ (position & MASK32))
 
 
 def lane_bits(key: torch.Tensor, lane: torch.Tensor | int) -> torch.Tensor:
@@ -135,13 +158,13 @@ def _weyl_lanes(vocab: int) -> np.ndarray:
 
 
 def _race_dense_cpu(weights: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """:func:`race_argmax` over every lane of every row at once (CPU): no index lists, one argmax."""
+    """:func:`race_argmax` over every lane of every row at once (CPU): no index lists, one argmax. The words stay
+    numpy uint32 until they are uniforms (the int64 emulation would cost three times as much here)."""
     n, vocab = weights.shape
     words = _lane_bits_np(_u32(keys)[:, None], _weyl_lanes(vocab)[None, :])
-    e = exponential(torch.from_numpy(words.astype(np.int64)))
-    w = weights.to(torch.float32)
-    values = torch.where(w > 0, w / e, torch.full_like(w, -1.0))
-    best, first = values.max(dim=1)  # the first index of the maximum
+    values = weights.to(torch.float32) / exponential(words)  # w >= 0 and E > 0: lanes without weight give 0
+    first = torch.from_numpy(np.argmax(values.numpy(), axis=1))  # the first index of the maximum (torch's is slower)
+    best = values.gather(1, first.unsqueeze(1)).squeeze(1)
     return torch.where(best > 0, first, torch.full_like(first, -1))
 
 
@@ -156,14 +179,21 @@ def uniform(word: torch.Tensor) -> torch.Tensor:
     return (word >> 8).to(torch.float32) * (2.0 ** -24)
 
 
-def open_uniform(word: torch.Tensor) -> torch.Tensor:
-    """float32 uniforms in ``(0, 1)``: the odd multiples of 2**-24, from the top 23 bits."""
+def open_uniform(word: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """float32 uniforms in ``(0, 1)``: the odd multiples of 2**-24, from the top 23 bits. ``word`` may be a numpy
+    uint32 array (consumed), the CPU's fast path: the same numbers, every step exact in float32."""
+    if isinstance(word, np.ndarray):
+        word >>= np.uint32(9)
+        u = word.astype(np.float32)
+        u *= np.float32(2.0 ** -23)
+        u += np.float32(2.0 ** -24)
+        return torch.from_numpy(u)
     return ((word >> 9) * 2 + 1).to(torch.float32) * (2.0 ** -24)
 
 
-def exponential(word: torch.Tensor) -> torch.Tensor:
+def exponential(word: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Standard-exponential float32 draws ``-log(open_uniform(word))``, finite and positive."""
-    return -torch.log(open_uniform(word))
+    return open_uniform(word).log_().neg_()
 
 
 def coin_uniform(key: torch.Tensor, index: torch.Tensor | int = 0) -> torch.Tensor:
@@ -180,11 +210,11 @@ def race_argmax(weights: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     path's fast sampler; on the CPU, rows that are mostly positive are raced densely (same numbers).
     """
     n, vocab = weights.shape
-    positive = weights > 0
+    # mostly positive on the CPU: hash every lane, skip the index lists
     if n and vocab and weights.device.type == "cpu" and keys.device.type == "cpu" and \
-            4 * int(positive.sum()) >= n * vocab:  # mostly positive: hash every lane, skip the index lists
+            4 * int(torch.count_nonzero(weights)) >= n * vocab:
         return _race_dense_cpu(weights, keys)
-    rows, lanes = positive.nonzero(as_tuple=True)
+    rows, lanes = (weights > 0).nonzero(as_tuple=True)
     token = torch.full((n,), -1, dtype=torch.int64, device=weights.device)
     if rows.numel() == 0:
         return token

@@ -198,6 +198,22 @@ def verify_chain_reference(a: ChainArgs) -> tuple[torch.Tensor, torch.Tensor]:
     return n, token
 
 
+def sample_reference(logits: torch.Tensor, seeds: torch.Tensor | int, offsets: torch.Tensor | int | None,
+                     temperature: float, top_k: int, top_p: float, min_p: float,
+                     rows: torch.Tensor | None) -> torch.Tensor:
+    """:func:`verify_chain_reference`'s token for rows without drafts (``(N, V)`` raw logits, one setting for all
+    rows, temperature > 0), without building :class:`ChainArgs`: the CPU's plain sampling step, bit for bit."""
+    n, vocab = logits.shape
+    dev = logits.device
+    check_settings(temperature, top_p, min_p)
+    if n == 0:
+        return torch.zeros(0, dtype=torch.int64, device=dev)
+    warped = warp_rows(logits, inverse_temperature_rows(temperature, n, dev), as_rows(top_k, n, torch.int64, dev,
+                       "top_k"), top_p_rows(top_p, n, dev), as_rows(min_p, n, torch.float32, dev, "min_p"))
+    keys = rng.stream_key(seeds, torch.arange(n) if rows is None else rows, 0 if offsets is None else offsets)
+    return rng.race_argmax(normalised(warped.mass, warped.stats.z), keys.expand(n) if keys.dim() == 0 else keys)
+
+
 def _sampled_rows(a: ChainArgs, idx: torch.Tensor, keys: torch.Tensor,
                   valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     everything = idx.numel() == a.target_logits.shape[0]

@@ -135,7 +135,7 @@ def warp_rows(logits: torch.Tensor, inv_t: torch.Tensor, top_k: torch.Tensor, to
     n, vocab = logits.shape
     device = logits.device
     s = scaled_logits(logits, inv_t)
-    m = s.max(dim=1).values if vocab else torch.zeros(n, device=device)
+    m = s.amax(dim=1) if vocab else torch.zeros(n, device=device)
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     e = torch.exp(s - m.unsqueeze(1))
     thr = torch.zeros(n, dtype=torch.int64, device=device)

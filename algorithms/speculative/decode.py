@@ -26,8 +26,8 @@ from ..sampling.warpers import warped_probs
 from .draft import Draft, Drafter
 from .schedule import DraftLengthController
 from ..loop import processed, stops
-from .verify import (Coins, stream_seed, verify_chain, verify_chain_greedy, verify_chain_logits, verify_tree,
-                     verify_tree_seeded)
+from .verify import (Coins, sample_at, stream_seed, verify_chain, verify_chain_coupled, verify_chain_greedy,
+                     verify_chain_logits, verify_tree, verify_tree_coupled, verify_tree_seeded)
 
 
 def can_select(session: ModelSession) -> bool:
@@ -165,12 +165,15 @@ class SpeculativeLoop:
         self.pad = min(self.eos) if self.eos else 0
         self.tree_attention = drafter.tree and has_tree_attention(self.session)
         self.use_trees = drafter.tree and (self.tree_attention or can_select(self.session))
-        # timing-driven draft lengths cannot change a greedy output; under sampling they would change which random
-        # numbers are used, and seeded runs must repeat
-        # under sampling, the session's fixed cost hint sizes drafts from acceptance alone (deterministic)
+        #: deterministic drafts under sampling are verified by coupling (``verify_chain_coupled``): every token is
+        #: what plain sampling draws at its position, whatever was drafted
+        self.coupled = not self.greedy and self.coins is None and drafter.deterministic
+        # timing-driven draft lengths cannot change a greedy or a coupled output; sampled drafts (a draft model's)
+        # are verified by Leviathan et al.'s rule, whose random numbers depend on the drafts, so there the session's
+        # fixed cost hint sizes drafts from acceptance alone and seeded runs repeat
         hint = getattr(self.session, "forward_cost", None)
         self.controller = None
-        if cost_aware and self.greedy:
+        if cost_aware and (self.greedy or self.coupled):
             self.controller = DraftLengthController(self.session.batch_size, prior_cost=hint)
         elif cost_aware and hint is not None:
             self.controller = DraftLengthController(self.session.batch_size, fixed_cost=hint)
@@ -206,13 +209,20 @@ class SpeculativeLoop:
         blocks = [pending[b] + drafts[b].tokens if active[b] else [] for b in range(rows)]
         seq, width = self._forward(prev, blocks)
         step.logits, step.width, step.cost_width = seq, width, float(width)
-        if self.greedy and self.coins is None and self.processors is None and not any(
+        if (self.greedy or self.coupled) and self.processors is None and not any(
                 active[b] and len(d) for b, d in enumerate(drafts)):
-            # nothing drafted (the controller chose plain steps): the next token is the argmax after each row's
-            # pending tokens, as verification of an empty draft would find, without building its tensors
-            for b in range(rows):
-                if active[b]:
-                    step.next_tokens[b] = int(seq.row(b, len(pending[b])).argmax())
+            # nothing drafted (the controller chose plain steps): the next token is the argmax (or plain sampling's
+            # draw) after each row's pending tokens, as verification of an empty draft would find, without building
+            # its tensors
+            live = [b for b in range(rows) if active[b]]
+            if self.greedy:
+                chosen = [int(seq.row(b, len(pending[b])).argmax()) for b in live]
+            else:
+                chosen = sample_at(torch.stack([seq.row(b, len(pending[b])) for b in live]), self.sampling,
+                                   seed=self.seed, offsets=torch.tensor([len(self.generated[b]) for b in live]),
+                                   rows=torch.tensor(live)).tolist()
+            for b, token in zip(live, chosen):
+                step.next_tokens[b] = token
             return step
         lengths = torch.tensor([len(d) if active[b] else 0 for b, d in enumerate(drafts)], dtype=torch.long)
         depth = int(lengths.max()) if rows else 0
@@ -245,7 +255,10 @@ class SpeculativeLoop:
             if not self.greedy and not self.drafter.deterministic:
                 q = self._draft_probs(drafts, active, depth, targets.shape[-1],
                                       torch.float32 if self.coins is None else torch.float64)
-            if self.coins is None:
+            if self.coupled:
+                n, nxt = verify_chain_coupled(targets, draft_t, lengths, self.sampling, seed=self.seed,
+                                              offsets=offsets)
+            elif self.coins is None:
                 n, nxt = verify_chain_logits(targets, draft_t, lengths, q, self.sampling, seed=self.seed,
                                              offsets=offsets)
             elif self.greedy:
@@ -295,7 +308,7 @@ class SpeculativeLoop:
             if self.processors is not None:
                 prefix = self.generated[row] + [draft.tokens[i] for i in _path_to(draft, node)]
                 vec = processed(self.ctx, [row], [prefix], vec.unsqueeze(0))[0]
-            if self.greedy:
+            if self.greedy or self.coupled:
                 cache[node] = vec
             elif self.coins is not None:
                 cache[node] = warped_probs(vec, self.sampling)
@@ -315,6 +328,9 @@ class SpeculativeLoop:
         if not self.drafter.deterministic and draft.q is None:
             raise ConfigError(f"drafter {type(self.drafter).__name__} samples its tree but gave no q: the tree "
                               "cannot be verified losslessly without the distribution its nodes were drawn from")
+        if self.coupled:
+            return verify_tree_coupled(draft.tokens, draft.node_parents(), dist_at, self.sampling, seed=self.seed,
+                                       offset=len(self.generated[row]), row=row)
         if self.greedy or self.coins is not None:
             q = None if self.drafter.deterministic else draft.q.to(torch.float64)  # type: ignore[union-attr]
             return verify_tree(draft.tokens, draft.node_parents(), q, dist_at, self.coins, self.greedy)
@@ -539,6 +555,7 @@ def speculative_decode(ctx: DecodeContext, drafter: Drafter, sampling: SamplingC
     """Generate with speculative decoding: lossless for any drafter, identical to greedy when temperature is 0.
 
     ``cost_aware`` caps draft lengths by the cost of target forwards (``schedule.DraftLengthController``):
-    measured under greedy decoding, the session's fixed ``forward_cost`` hint under sampling.
+    measured under greedy decoding and for deterministic drafts under sampling (verified by coupling, so the output
+    does not depend on them), the session's fixed ``forward_cost`` hint for sampled drafts.
     """
     return SpeculativeLoop(ctx, drafter, sampling, coins, cost_aware).run()

@@ -7,9 +7,11 @@ a linear model would make short drafts look cheap). On a GPU
 ``c1`` is near 0 and long drafts are free; on a CPU it is not (llama.cpp's quantised kernels cost nearly as much
 per token in a batch as alone), so the best ``k`` differs by runtime and machine. This controller fits ``c0`` and
 ``c1`` to the forwards it has timed and picks the ``k`` that minimises the time per emitted token. It depends on
-wall-clock time, so it is used only where draft lengths cannot change the output: greedy decoding. Under
-sampling it runs on the session's fixed cost hint instead (``ModelSession.forward_cost``): draft lengths then
-depend only on what was accepted, so seeded runs repeat.
+wall-clock time, so it is used only where draft lengths cannot change the output: greedy decoding, and deterministic
+drafts under sampling (verified by coupling, ``verify.verify_chain_coupled``: every token is what plain sampling
+draws at its position). For sampled drafts (a draft model's, verified by Leviathan et al.'s rule) it runs on the
+session's fixed cost hint instead (``ModelSession.forward_cost``): draft lengths then depend only on what was
+accepted, so seeded runs repeat.
 """
 
 from __future__ import annotations
@@ -133,7 +135,7 @@ class DraftLengthController:
             return self._fitted
         self._unfitted = 0
         fit = self._fit()
-        self._fitted = fit if fit is not self.prior_cost else None  # one width so far: fit again at the next
+        self._fitted = fit
         return fit
 
     def _fit(self) -> Cost | None:

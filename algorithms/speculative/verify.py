@@ -13,6 +13,10 @@ Two sources of randomness, one rule:
   counter-based generator, keyed by (seed, row, tokens generated so far), so a seeded run repeats on any device.
 * :func:`verify_chain` and :func:`verify_tree` take the target distribution and a :class:`Coins` object, so a test
   can replace the coins by ones that enumerate every outcome with its probability (``exact.enumerate_outcomes``).
+
+Deterministic drafts under sampling take a third route, coupling (:func:`verify_chain_coupled`,
+:func:`verify_tree_coupled`): each position's token is what plain sampling draws there on the same streams
+(:func:`sample_at`), and drafts are kept while they equal it, so the output does not depend on the drafts.
 """
 
 from __future__ import annotations
@@ -251,3 +255,69 @@ def verify_tree_seeded(tokens: Sequence[int], parents: Sequence[int], q: torch.T
 def _greedy_node(tokens: Sequence[int], cur: torch.Tensor, options: list[int]) -> tuple[int | None, int]:
     target = int(torch.argmax(cur))
     return next((c for c in options if tokens[c] == target), None), target
+
+
+def sample_at(logits: torch.Tensor, sampling: SamplingConfig, *, seed: int, offsets: torch.Tensor,
+              rows: torch.Tensor) -> torch.Tensor:
+    """The token plain sampling draws from each row of raw ``logits`` (``(N, vocab)``) on the stream ``(seed,
+    rows[i], offsets[i])``: what the dispatcher's verification of an empty draft gives (its bonus token), so exactly
+    what a step of the decoding loop that drafted nothing samples there. int64 ``(N,)``."""
+    return kernels.sample_tokens(logits, seeds=seed, offsets=offsets, temperature=sampling.temperature,
+                                 top_k=sampling.top_k, top_p=sampling.top_p, min_p=sampling.min_p, rows=rows)
+
+
+def verify_chain_coupled(target_logits: torch.Tensor, draft: torch.Tensor, lengths: torch.Tensor,
+                         sampling: SamplingConfig, *, seed: int, offsets: torch.Tensor,
+                         rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic drafts under sampling, verified by coupling: the token at each position is the one plain
+    sampling draws there (:func:`sample_at` on the stream of that position), and drafts are kept while they equal
+    it; the first token that differs (or the one after the last draft) is the next token.
+
+    Lossless: each emitted token is the target's own draw at its position given the tokens before it, and a draft
+    ``x`` is kept with probability ``p(x)``, as with Leviathan et al.'s rule for one-hot drafts. Unlike that rule
+    the output does not depend on the drafts at all: a seeded run gives the same tokens whatever was drafted and
+    however long the drafts were, so draft lengths may follow measured time under sampling as under greedy
+    decoding. Positions are sampled in growing chunks (2, 4, 8, ...) and only while a row's drafts still match.
+    Same arguments and result as :func:`verify_chain_logits` with ``q=None``.
+    """
+    batch = target_logits.shape[0]
+    stream_rows = torch.arange(batch) if rows is None else rows
+    accepted = torch.zeros(batch, dtype=torch.long)
+    token = torch.full((batch,), -1, dtype=torch.long)
+    limit = [int(x) for x in lengths]
+    drafts = draft.tolist()
+    live, start, chunk = list(range(batch)), 0, 2
+    while live:
+        pairs = [(b, j) for b in live for j in range(start, min(start + chunk, limit[b] + 1))]
+        at_b = torch.tensor([b for b, _ in pairs], dtype=torch.long)
+        at_j = torch.tensor([j for _, j in pairs], dtype=torch.long)
+        drawn = sample_at(target_logits[at_b, at_j], sampling, seed=seed, offsets=offsets[at_b] + at_j,
+                          rows=stream_rows[at_b]).tolist()
+        done: set[int] = set()
+        for (b, j), t in zip(pairs, drawn):
+            if b in done:
+                continue
+            if j < limit[b] and t == drafts[b][j]:
+                accepted[b] = j + 1
+            else:
+                token[b] = t
+                done.add(b)
+        live = [b for b in live if b not in done]
+        start, chunk = start + chunk, 2 * chunk
+    return accepted, token
+
+
+def verify_tree_coupled(tokens: Sequence[int], parents: Sequence[int], logits_at: NodeDistribution,
+                        sampling: SamplingConfig, *, seed: int, offset: int, row: int) -> tuple[list[int], int]:
+    """A deterministic tree under sampling, verified by coupling (:func:`verify_chain_coupled`): at each node the
+    token is what plain sampling draws there (stream ``(seed, row, offset + depth)``); the walk descends to the child
+    with that token, if any, else the token is the next one. ``logits_at`` gives raw logits (after the runtime's
+    processors), as the plain step samples them."""
+    where = torch.tensor([row], dtype=torch.long)
+
+    def step(depth: int, cur: torch.Tensor, options: list[int]) -> tuple[int | None, int]:
+        t = int(sample_at(cur.unsqueeze(0), sampling, seed=seed, offsets=torch.tensor([offset + depth]),
+                          rows=where)[0])
+        return next((c for c in options if int(tokens[c]) == t), None), t
+
+    return walk_tree(tokens, parents, logits_at, step)

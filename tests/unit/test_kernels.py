@@ -276,6 +276,26 @@ def test_chain_verification_kernel_matches_reference(data):
     assert bool((n <= case["lengths"]).all()) and bool((token >= 0).all())
 
 
+@settings(max_examples=14, **SETTINGS)
+@given(st.data())
+def test_sampled_tokens_are_verifications_bonus_tokens_on_kernel_and_reference(data):
+    """``sample_tokens`` (plain sampling steps and coupled verification) draws exactly the token chain
+    verification draws for a row without drafts, on the reference (its own lean path) and on the kernel."""
+    rows = data.draw(st.integers(1, 4), "rows")
+    vocab = data.draw(st.integers(2, 90), "vocab")
+    g = gen(data.draw(st.integers(0, 2**20), "seed"))
+    logits = logits_rows(g, (rows, vocab), data.draw(st.booleans(), "ties"))
+    logits[:, 0] = logits[:, 0].clamp(min=0.0)
+    temperature, top_k, top_p, min_p = data.draw(st.sampled_from([s for s in ROW_SETTINGS if s[0] > 0]), "settings")
+    kw = dict(seeds=int(torch.randint(0, 2**62, (1,), generator=g)), offsets=torch.randint(0, 1000, (rows,)),
+              rows=torch.randint(0, 9, (rows,)), temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    token, token_ref = both(lambda: kernels.sample_tokens(logits, **kw))
+    with kernels.use("reference"):
+        bonus = kernels.verify_chain(logits.unsqueeze(1), torch.zeros(rows, 0, dtype=torch.long), None, lengths=0,
+                                     **kw)[1]
+    assert torch.equal(token, token_ref) and torch.equal(token_ref, bonus)
+
+
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_chain_verification_kernel_flips_the_same_coins(deterministic):
     """Many drafts whose acceptance is neither certain nor impossible: every coin has to match."""

@@ -10,11 +10,14 @@ import hashlib
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from anydecode.algorithms.contracts.errors import ConfigError, RegistryError
 from anydecode.algorithms.contracts.session import ModelSession
 from anydecode.algorithms.sampling.warpers import warped_probs
 from anydecode.algorithms.speculative.config import SpeculativeSampling
 from anydecode.algorithms.speculative.decode import speculative_decode
+from anydecode.algorithms.speculative.decoders import drafter_factory_of
 from anydecode.algorithms.speculative.draft import Draft
 from anydecode.algorithms.speculative.draft_model import DraftModelConfig, DraftModelDrafter
 from anydecode.conformance import ToyModel, ToySession, chi_square_test, enumerate_sequences
@@ -456,9 +459,11 @@ def test_deterministic_drafters_sample_the_target_law(name, tree_attention):
     assert chi_square_test(samples, expected_law(target, prompt, sampling)).p_value > 1e-6
 
 
-def test_under_sampling_a_fixed_cost_hint_sizes_drafts_from_acceptance_alone():
-    """A session's ``forward_cost`` hint drives draft lengths under sampling; timings are ignored, so seeded runs
-    repeat exactly, and drafting stops paying (shorter drafts) when acceptance is low."""
+def test_under_sampling_sampled_drafts_are_sized_by_the_fixed_cost_hint():
+    """A draft model's sampled drafts are verified by Leviathan et al.'s rule, whose random numbers depend on the
+    drafts: the session's ``forward_cost`` hint sizes them, timings are ignored, so seeded runs repeat exactly,
+    and drafting stops (plain decoding) when nothing is accepted."""
+    from anydecode.algorithms.speculative.decode import SpeculativeLoop
     from anydecode.algorithms.speculative.schedule import DraftLengthController
 
     controller = DraftLengthController(1, fixed_cost=(1.0, 0.45))
@@ -467,20 +472,85 @@ def test_under_sampling_a_fixed_cost_hint_sizes_drafts_from_acceptance_alone():
     for _ in range(6):
         controller.record_row(0, 8, 0)
     assert controller.limit(0, 16, 1) == 0  # nothing is accepted: plain decoding
-    model = copying_model(seed=3)
 
     class Hinted(LeftPaddedToySession):
         forward_cost = (1.0, 0.45)
 
-    def sample_once():
-        dec = anydecode.get_decoder("iad")
+    model = copying_model(seed=3)
+
+    def loop(drafter_of, sampling):
         ctx = toy_context(model, PROMPTS, 30)
         ctx.session = Hinted(model, PROMPTS)
-        return dec.run(dec.configure({"temperature": 0.8, "seed": 4}), ctx)
+        return SpeculativeLoop(ctx, drafter_of(sampling, ctx), sampling)
 
-    first, second = sample_once(), sample_once()
-    assert first.sequences == second.sequences
-    assert first.stats["drafted"] == second.stats["drafted"]
+    def draft_model(sampling, ctx):
+        return DraftModelDrafter(DraftModelConfig(num_draft_tokens=4), sampling,
+                                 LeftPaddedToySession(copying_model(seed=5), PROMPTS), VOCAB)
+
+    sampled = loop(draft_model, SpeculativeSampling(temperature=0.8, seed=4))
+    assert sampled.controller.fixed_cost == (1.0, 0.45, 0.0) and not sampled.coupled
+    first, second = sampled.run(), loop(draft_model, SpeculativeSampling(temperature=0.8, seed=4)).run()
+    assert first.sequences == second.sequences and first.stats["drafted"] == second.stats["drafted"] > 0
+    # deterministic drafts under sampling are coupled: timed like greedy decoding, the hint only a prior
+    lookup = anydecode.get_decoder("prompt_lookup")
+    coupled = loop(lambda s, ctx: drafter_factory_of(lookup, lookup.configure({}), ctx)[0],
+                   SpeculativeSampling(temperature=0.8))
+    assert coupled.coupled and coupled.controller.fixed_cost is None
+    assert coupled.controller.prior_cost == (1.0, 0.45, 0.0)
+
+
+class RandomDrafter(anydecode.algorithms.speculative.draft.Drafter):
+    """Deterministic drafts of its own choosing: random tokens and lengths (chains or trees) from a seeded
+    generator, or (``perfect``) the continuation a plain run produced, so that long drafts are accepted."""
+
+    def __init__(self, seed: int, tree: bool, perfect: list[list[int]] | None = None, prompts=()):
+        self.rng = np.random.default_rng(seed)
+        self.tree = tree
+        self.perfect = perfect
+        self.prompt_lengths = [len(p) for p in prompts]
+
+    def propose(self, contexts, limits):
+        drafts = []
+        for row, (context, limit) in enumerate(zip(contexts, limits)):
+            size = int(self.rng.integers(0, limit + 1)) if limit else 0
+            if self.perfect is not None:
+                done = len(context) - self.prompt_lengths[row]
+                drafts.append(Draft(list(self.perfect[row][done: done + size])))
+                continue
+            tokens = [int(t) for t in self.rng.integers(0, VOCAB, size=size)]
+            parents = [int(self.rng.integers(-1, i)) for i in range(size)] if self.tree else None
+            drafts.append(Draft(tokens, parents))
+        return drafts
+
+
+class NoDrafts(anydecode.algorithms.speculative.draft.Drafter):
+    def propose(self, contexts, limits):
+        return [Draft() for _ in contexts]
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2 ** 40), rows=st.integers(1, 3), tree=st.booleans(), tree_attention=st.booleans(),
+       perfect=st.booleans(), temperature=st.sampled_from([0.5, 1.0, 1.7]), top_k=st.sampled_from([0, 3]),
+       top_p=st.sampled_from([1.0, 0.8]))
+def test_a_seeded_sampling_run_gives_the_same_tokens_whatever_is_drafted(seed, rows, tree, tree_attention, perfect,
+                                                                         temperature, top_k, top_p):
+    """Deterministic drafts under sampling are verified by coupling: every emitted token is what plain sampling
+    draws at its position, so the output equals the run that drafted nothing, for random chains and trees of random
+    lengths, perfect drafts, batches, tree attention or row copies. This is what lets measured time size drafts
+    under sampling."""
+    model = copying_model(seed=seed % 97)
+    prompts = PROMPTS[:rows]
+    sampling = SpeculativeSampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+
+    def once(drafter):
+        ctx = toy_context(model, prompts, 24, tree_attention=tree_attention)
+        return speculative_decode(ctx, drafter, sampling, cost_aware=False)
+
+    plain = once(NoDrafts())
+    drafted = once(RandomDrafter(seed, tree and not perfect, plain.sequences if perfect else None, prompts))
+    assert drafted.sequences == plain.sequences
+    assert drafted.finish_reasons == plain.finish_reasons
+    assert drafted.stats["drafted"] > 0
 
 
 class SampledWithoutQ(anydecode.algorithms.speculative.draft.Drafter):
