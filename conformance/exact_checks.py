@@ -213,6 +213,63 @@ def lossless_exact(decoder: Decoder, quick: bool) -> list[CheckResult]:
     return out
 
 
+class _NoDrafts:
+    """Drafts nothing: the speculative loop then samples every token as a plain step."""
+
+    deterministic = True
+    tree = False
+
+    def start(self, prompts: Sequence[Sequence[int]]) -> None:
+        pass
+
+    def propose(self, contexts: Sequence[Sequence[int]], limits: Sequence[int]) -> list[Any]:
+        from anydecode.algorithms.speculative.draft import Draft
+
+        return [Draft() for _ in limits]
+
+    def feedback(self, row: int, draft: Any, accepted_path: Sequence[int]) -> None:
+        pass
+
+
+def lossless_draft_invariance(decoder: Decoder, quick: bool) -> list[CheckResult]:
+    """Under sampling, deterministic drafts are verified by coupling: a seeded run gives the tokens the same loop
+    samples when it drafts nothing, whatever the drafter proposed (random streams, not enumerated coins)."""
+    from anydecode.algorithms.speculative.config import sampling_part
+    from anydecode.algorithms.speculative.decode import SpeculativeLoop
+    from anydecode.algorithms.speculative.decoders import drafter_factory_of
+
+    out = []
+    for label, variant in lossless_variants(decoder):
+        if "draft model" in label:
+            continue  # sampled drafts: Leviathan's rule, whose coins depend on the drafts
+        mismatches = drafted = accepted = 0
+        runs = 4 if quick else 12
+        for seed in range(runs):
+            model = copying_model(seed=seed, noise=0.3)
+            config = decoder.configure({**variant, "temperature": 0.9, "seed": seed})
+            outputs = []
+            for drafting in (False, True):
+                ctx = toy_context(model, [list(PROMPT)], 16)
+                ctx.owner = None
+                if not drafting:
+                    drafter: Any = _NoDrafts()
+                else:
+                    drafter = SiblingsDrafter() if "sibling" in label else drafter_factory_of(decoder, config, ctx)[0]
+                result = SpeculativeLoop(ctx, drafter, sampling_part(config), cost_aware=False).run()
+                outputs.append(result.sequences)
+            mismatches += outputs[0] != outputs[1]
+            drafted += int(result.stats.get("drafted", 0))
+            accepted += int(result.stats.get("accepted", 0))
+        res = measured(f"sampling: the same tokens whatever is drafted ({label})", decoder.name, "toy", "lossless",
+                       "mismatches", mismatches, 1,
+                       detail=f"{runs} seeds; {accepted}/{drafted} draft tokens accepted")
+        if accepted == 0 or accepted == drafted:  # drafts must be both kept and rejected for the check to mean it
+            res.passed = False
+            res.detail += " (drafts were not both accepted and rejected: the check proved nothing)"
+        out.append(res)
+    return out
+
+
 def lossless_greedy(decoder: Decoder, quick: bool) -> list[CheckResult]:
     """At temperature 0 the output equals greedy decoding, token for token, and drafts were accepted."""
     from anydecode.algorithms.sampling.decoders import GREEDY
@@ -548,14 +605,14 @@ def greedy_identical(decoder: Decoder, quick: bool) -> list[CheckResult]:
 BY_CLAIM: dict[str, list[Callable[[Decoder, bool], list[CheckResult]]]] = {
     "sampling": [sampling_draws],
     "greedy-identical": [greedy_identical],
-    "lossless": [lossless_exact, lossless_greedy],
+    "lossless": [lossless_exact, lossless_greedy, lossless_draft_invariance],
     "grammar-constrained": [gcd_exact],
     "grammar-aligned": [asap_closed_form, asap_dead_ends],
     "best-of-n": [best_of_n],
 }
 BY_DECODER: dict[str, list[Callable[[Decoder, bool], list[CheckResult]]]] = {
     "sample": [sampling_exact, sampling_draws],
-    "iad": [lossless_exact, lossless_greedy, iad_realignment],
+    "iad": [lossless_exact, lossless_greedy, lossless_draft_invariance, iad_realignment],
     "beam": [beam_reference],
     "dbs": [dbs_golden],
     "deal": [deal_is_beam],

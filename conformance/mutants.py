@@ -110,6 +110,15 @@ MUTANTS: tuple[Mutant, ...] = (
         "when every draft token is accepted, the bonus token is fed to the model but never emitted",
     ),
     Mutant(
+        "deterministic drafts verified with coins that depend on them",
+        "anydecode.algorithms.speculative.decode:SpeculativeLoop.__init__",
+        "self.coupled = not self.greedy and self.coins is None and drafter.deterministic",
+        "self.coupled = False",
+        (("prompt_lookup", "lossless_draft_invariance"), ("aded", "lossless_draft_invariance")),
+        "Leviathan's coins for one-hot drafts instead of coupling: still lossless, but a seeded output depends on "
+        "the drafts, so timing-driven draft lengths would make seeded runs differ",
+    ),
+    Mutant(
         "ASAp's EFG not reduced after a dead end",
         "anydecode.algorithms.grammar.transforms:AsapTransform._prepare",
         "row.trie.expand(row.node, 0.0)  # a dead end: nothing grammatical follows this prefix",

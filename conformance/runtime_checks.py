@@ -479,6 +479,72 @@ def native_speculative_through(decoder: Decoder, env: RuntimeEnv) -> list[CheckR
     return [res]
 
 
+def draft_invariance_through(decoder: Decoder, env: RuntimeEnv) -> list[CheckResult]:
+    """Seeded sampling through the runtime: the decoder's output equals what the same loop samples when it drafts
+    nothing (deterministic drafts are verified by coupling). Where the runtime's block logits differ from its
+    one-token logits (``Runtime.greedy_parting_gap``), a parting must be a near-tie of the exponential race: the two
+    tokens' race values within that gap divided by the temperature."""
+    from anydecode.algorithms.contracts.errors import AnydecodeError
+    from anydecode.algorithms.speculative.verify import stream_seed
+    from anydecode.kernels import rng
+    from anydecode.registry import get_decoder
+
+    name = "sampling: the same tokens as the loop without drafts"
+    drafter, _ = _drafter_of(decoder)
+    if drafter is None or drafter == "draft_model":
+        why = "no deterministic drafter" if drafter is None else "a draft model's sampled drafts"
+        return [CheckResult(name, decoder.name, env.name, "lossless", True, skipped=why)]
+    temperature, tokens = 0.5, 24 if env.quick else 64
+    plain = get_decoder("speculative")
+    gap = env.runtime.greedy_parting_gap(env.handle)
+    # prompts whose answers copy from them (drafts accepted as well as rejected), as the runtime can write them
+    prompts = []
+    for text in SPECULATIVE_PROMPTS[1:3] if env.quick else SPECULATIVE_PROMPTS:
+        try:
+            prompts.append(env.runtime.encode(env.handle, text, chat=True))
+        except AnydecodeError:
+            continue
+    if not prompts:
+        return [CheckResult(name, decoder.name, env.name, "lossless", True,
+                            skipped="the runtime's tokenizer cannot write the copying prompts")]
+    identical = drafted = accepted = 0
+    parted: list[float] = []
+    for i, ids in enumerate(prompts):
+        settings = {"temperature": temperature, "seed": 100 + i}
+        runs = []
+        for dec, config in ((decoder, decoder.configure({**settings, "cost_aware": False})),
+                            (plain, plain.configure({**settings, "drafter": "oracle", "continuation_ids": ()}))):
+            env.runtime.reset(env.handle)
+            with torch.no_grad():
+                runs.append(generate_on(env.runtime, env.handle, [ids], dec, config, max_new_tokens=tokens))
+        drafted += int(runs[0].stats.get("drafted", 0) or 0)
+        accepted += int(runs[0].stats.get("accepted", 0) or 0)
+        got, want = runs[0].token_ids, runs[1].token_ids
+        if got == want:
+            identical += 1
+            continue
+        at = next((j for j, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+        if at == min(len(got), len(want)):
+            parted.append(float("inf"))
+            continue
+        p = env.probs_after(ids)(tuple(want[:at]))
+        key = rng.stream_key(stream_seed(settings["seed"]), 0, at)
+        e = rng.exponential(rng.lane_bits(key, torch.tensor([got[at], want[at]]))).double().log().numpy()
+        log_p = np.log(p[[got[at], want[at]]] + 1e-300)
+        parted.append(abs(float((log_p[0] - log_p[1]) / temperature - (e[0] - e[1]))))
+    if not drafted:  # e.g. a runtime whose tokenizer writes the prompts without anything to copy
+        return [CheckResult(name, decoder.name, env.name, "lossless", True,
+                            skipped=f"nothing was drafted on {len(prompts)} prompts: nothing to compare")]
+    allowed = gap / temperature
+    res = measured(name, decoder.name, env.name, "lossless", "identical share", identical / len(prompts),
+                   1.0 if gap == 0 else 0.0, "above",
+                   f"{identical}/{len(prompts)} identical at temperature {temperature}; partings at race-value gaps "
+                   f"{[round(t, 4) for t in parted]} (allowed {allowed:.4g}); {accepted}/{drafted} draft tokens "
+                   "accepted", len(prompts))
+    res.passed = res.passed and all(t <= allowed for t in parted)
+    return [res]
+
+
 def native_checks_for(decoder: Decoder, env: RuntimeEnv) -> list[Callable[[], list[CheckResult]]]:
     """The checks of the runtime's native paths that apply to ``decoder`` and that the runtime offers."""
     claim = decoder.claim
@@ -510,7 +576,8 @@ def _loop_checks_for(decoder: Decoder, env: RuntimeEnv) -> list[Callable[[], lis
         return [lambda: greedy_through(decoder, env, claim)]
     if claim == "lossless":
         return [lambda: greedy_through(decoder, env, "lossless", {"temperature": 0.0}),
-                lambda: sampling_through(decoder, env, "lossless")]
+                lambda: sampling_through(decoder, env, "lossless"),
+                lambda: draft_invariance_through(decoder, env)]
     if claim == "grammar-constrained":
         return [lambda: gcd_through(decoder, env)]
     if claim == "grammar-aligned":

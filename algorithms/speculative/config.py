@@ -17,7 +17,9 @@ class SpeculativeSampling(SamplingConfig):
 
     temperature: float = config_field(0.0, ge=0.0, request=True,
                                        help="softmax temperature; 0 (the default) is greedy")
-    cost_aware: bool = config_field(True, help="greedy only: fit draft lengths to the measured cost of a forward")
+    cost_aware: bool = config_field(
+        True, help="fit draft lengths to the measured cost of a forward (greedy, and deterministic drafts under "
+                   "sampling; a draft model's sampled drafts use the session's fixed cost hint)")
 
 
 def sampling_part(config: DecoderConfig) -> SamplingConfig:
