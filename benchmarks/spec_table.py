@@ -1,5 +1,6 @@
 """The speculative table: every drafter against one runtime's plain decoding, greedy and sampling, on several
-workloads, with the oracle (perfect drafts) measured in the same run.
+workloads, with the oracle (perfect drafts) and the copy oracle (perfect drafts cut to what occurs in the context:
+the bound of drafters that copy from the prompt and output) measured in the same run.
 
 For each workload and mode, every prompt runs the baseline (the runtime's own loop), each speculative decoder and
 the oracle once, in an order rotated per prompt so that warm caches favour none. One model is loaded per runtime.
@@ -37,12 +38,15 @@ def _oracle(runtime: Any, handle: Any, sampling: dict[str, Any]) -> Callable[[di
 
     spec = get_decoder("speculative")
 
-    def run(item: dict[str, Any], greedy_output: list[int]) -> tuple[list[int], dict[str, Any], float]:
+    def run(item: dict[str, Any], greedy_output: list[int], copy_only: bool = False,
+            recorded: list[int] | None = None) -> tuple[list[int], dict[str, Any], float]:
         ids = runtime.encode(handle, item["prompt"], chat=item["chat"])
-        recorded = greedy_output
-        if sampling:
-            recorded = recorded_continuation(runtime, handle, ids, sampling, item["max_new_tokens"])
-        config = spec.configure({**sampling, "drafter": "oracle", "continuation_ids": tuple(recorded)})
+        if recorded is None:
+            recorded = greedy_output
+            if sampling:
+                recorded = recorded_continuation(runtime, handle, ids, sampling, item["max_new_tokens"])
+        config = spec.configure({**sampling, "drafter": "oracle", "continuation_ids": tuple(recorded),
+                                 "copy_only": copy_only})
         runtime.reset(handle)
         started = time.perf_counter()
         out = generate_on(runtime, handle, [ids], spec, config, max_new_tokens=item["max_new_tokens"])
@@ -73,7 +77,7 @@ def measure(runtime: Any, handle: Any, decoders: list[str], baselines: list[str]
     timed = baselines + decoders
     if identity not in run_of:  # the reference for identity, untimed (same attention as the decoders)
         _, run_of[identity] = runners(runtime, handle, decoders[0], settings, identity)
-    names = timed + ["oracle"]
+    names = timed + ["oracle", "copy_oracle"]
     tot = {n: {"tokens": 0, "seconds": 0.0, "prefill": 0.0, "drafted": 0, "accepted": 0, "passes": 0,
                "identical": 0} for n in names}
     warm = {"prompt": "Say hello.", "chat": items[0]["chat"], "max_new_tokens": 8}
@@ -94,9 +98,13 @@ def measure(runtime: Any, handle: Any, decoders: list[str], baselines: list[str]
         ids, stats, seconds, recorded = oracle(item, outs[decoders[0]])
         _add(tot["oracle"], ids, stats, seconds)
         outs["oracle"] = ids
+        # the bound of copying drafters: the recording's tokens drafted only as far as they occur in the context
+        ids, stats, seconds, _ = oracle(item, outs[decoders[0]], copy_only=True, recorded=recorded)
+        _add(tot["copy_oracle"], ids, stats, seconds)
+        outs["copy_oracle"] = ids
         # under sampling the reference is the loop's own draw without drafts: every drafter must reproduce it
         reference = recorded if sampling else outs[identity]
-        for name in decoders + ["oracle"]:
+        for name in decoders + ["oracle", "copy_oracle"]:
             tot[name]["identical"] += _strip(outs[name], eos) == _strip(reference, eos)
         print(f"\r  {i + 1}/{len(items)}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
@@ -123,7 +131,7 @@ def _summarise(tot: dict[str, dict[str, Any]], decoders: list[str], baselines: l
     b = tot[baselines[0]]
     oracle_ratio = tps(tot["oracle"]) / tps(b)
     rows = {}
-    for name in decoders + ["oracle"]:
+    for name in decoders + ["oracle", "copy_oracle"]:
         t = tot[name]
         ratio = tps(t) / tps(b)
         rows[name] = {

@@ -434,10 +434,11 @@ class SpeculativeLoop:
 
     def _draft_limit(self, row: int, cap: int, pending: int) -> int:
         """The controller's draft length; a tree verified in one pass gets the drafter's whole node budget
-        whenever drafting pays at all (the controller's chain model would cut a bushy tree to one node)."""
+        whenever drafting pays at all (the controller's chain model would cut a bushy tree to one node), but not a
+        probe of a row that had stopped drafting, whose size is its probing budget."""
         assert self.controller is not None
         k = self.controller.limit(row, cap, pending)
-        return cap if self.use_trees and k > 0 else k
+        return cap if self.use_trees and k > 0 and not self.controller.probing[row] else k
 
     # -- the loop -------------------------------------------------------------------------------------------------
     def run(self) -> DecodeResult:

@@ -81,7 +81,8 @@ def _suffix(config: SuffixConfig, sampling: Any, ctx: DecodeContext) -> SuffixDr
             corpus = corpora.get(key)
             if corpus is None:
                 corpus = corpora[key] = config.make_corpus()
-    drafter = SuffixDrafter(config, corpus)
+    share = block_token_share(getattr(ctx.session, "forward_cost", None))
+    drafter = SuffixDrafter(config, corpus, block_token_cost=share)
     if ctx.prediction is not None:
         drafter.extra_sources = [list(p) for p in ctx.prediction]
     return drafter

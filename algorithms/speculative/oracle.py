@@ -7,6 +7,10 @@ from the recording (another runtime's numerics, sampling), the drafter re-aligns
 Decoding does: on the longest suffix of the generated tokens (at most ``max_match_ngram``) found in the
 recording, the first such place at or after where the alignment was lost; with ``realign=False`` it drafts
 nothing from then on.
+
+With ``copy_only`` each draft is cut to the longest prefix of the recorded tokens that occurs somewhere in the
+context (prompt and output so far): what a drafter that copies spans of its context could at best propose, so it
+bounds prompt lookup, IAD and suffix drafting on the request's own tokens.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from ..contracts.config import DecoderConfig, config_field
 from ..contracts.errors import ConfigError
@@ -35,6 +41,9 @@ class OracleConfig(DecoderConfig):
     realign: bool = config_field(True, help="after the output departs from the recording, re-align on its last "
                                             "tokens (else draft nothing from then on)")
     max_match_ngram: int = config_field(3, ge=1, help="longest generated suffix used to re-align")
+    copy_only: bool = config_field(False, help="draft only the longest prefix of the recorded tokens that occurs in "
+                                               "the context: the bound of drafters that copy from the prompt and "
+                                               "the output (prompt lookup, iad, suffix)")
 
 
 @dataclasses.dataclass
@@ -126,5 +135,24 @@ class OracleDrafter(Drafter):
                 out.append(Draft())
                 continue
             rec = state.recordings[state.which]
-            out.append(Draft(rec[state.position: state.position + want]))
+            draft = rec[state.position: state.position + want]
+            if self.config.copy_only:
+                draft = draft[: longest_copy(context, draft)]
+            out.append(Draft(draft))
         return out
+
+
+def longest_copy(context: Sequence[int], tokens: Sequence[int]) -> int:
+    """The length of the longest prefix of ``tokens`` found as a contiguous run in ``context``."""
+    if not len(tokens):
+        return 0
+    best = 0
+    n = len(context)
+    for start in np.flatnonzero(np.asarray(context, dtype=np.int64) == int(tokens[0])).tolist():
+        k = 1
+        while k < len(tokens) and start + k < n and context[start + k] == tokens[k]:
+            k += 1
+        best = max(best, k)
+        if best == len(tokens):
+            break
+    return best

@@ -8,7 +8,9 @@ branch probabilities ``count(child) / count(continued occurrences of the node)``
 frequent child; a tree (``tree=True``) is grown best-first by that path probability, as SuffixDecoding builds its
 speculation trees. Growth stops where the path probability falls below ``min_prob``, at ``max_spec_factor``
 times the match length (SuffixDecoding's ``MAX_SPEC = alpha * p``), at ``max_draft_tokens`` and at the loop's
-limit. A draft that reaches a node without indexed continuation (the depth bound, or the end of a sequence)
+limit. Unset, ``tree`` and ``max_spec_factor`` follow the cost of a further token in a verified block: where it is
+cheap (transformers), a tree and up to 4 tokens per matched token; elsewhere a chain and SuffixDecoding's 1.
+A draft that reaches a node without indexed continuation (the depth bound, or the end of a sequence)
 goes on from the longest shorter context that has one (the node's suffix link), as a variable-order Markov model
 backs off.
 
@@ -41,15 +43,18 @@ class SuffixConfig(DecoderConfig):
 
     max_depth: int = config_field(24, ge=2, le=256, help="longest substring indexed; a match is at most "
                                                           "max_depth - 1 tokens")
-    max_spec_factor: float = config_field(1.0, gt=0.0, help="draft at most this many tokens per matched token "
-                                                             "(SuffixDecoding's alpha)")
+    max_spec_factor: float | None = config_field(
+        None, gt=0.0, help="draft at most this many tokens per matched token (SuffixDecoding's alpha; default: 1.0, "
+                           "or 4.0 where a further token in a verified block is known to be cheap: transformers)")
     max_draft_tokens: int = config_field(32, ge=1, help="most tokens on a draft path")
     min_prob: float = config_field(0.1, ge=0.0, le=1.0, help="stop a draft path where its estimated acceptance "
                                                              "probability falls below this")
     min_match: int = config_field(1, ge=1, help="shortest matched context a draft may start or continue from")
     max_indexed_tokens: int = config_field(4096, ge=3, help="per request: the latest prompt and output tokens "
                                                             "indexed (a sliding window)")
-    tree: bool = config_field(False, help="propose a tree of the most probable branches instead of a chain")
+    tree: bool | None = config_field(
+        None, help="propose a tree of the most probable branches instead of a chain (default: where a further token "
+                   "in a verified block is known to be cheap: transformers)")
     max_nodes: int = config_field(16, ge=1, help="tree mode: most draft nodes per step")
     use_corpus: bool = config_field(True, help="also draft from, and add outputs to, the model's corpus of earlier "
                                                "outputs (where the caller gives one)")
@@ -176,9 +181,25 @@ class SuffixDrafter(Drafter):
 
     deterministic = True
 
-    def __init__(self, config: SuffixConfig, corpus: SuffixCorpus | None = None):
+    #: trees are the default where a further token in a verified block costs less than this share of a forward
+    CHEAP_BLOCK_TOKEN = 0.2
+    #: ``max_spec_factor`` by default: SuffixDecoding's alpha, and a looser cap where block tokens are cheap
+    SPEC_FACTOR, CHEAP_SPEC_FACTOR = 1.0, 4.0
+
+    def __init__(self, config: SuffixConfig, corpus: SuffixCorpus | None = None,
+                 block_token_cost: float | None = None):
+        """``block_token_cost``: what one more token in a verified block costs, as a share of a forward pass (the
+        session's ``forward_cost`` hint); it decides ``tree=None`` and ``max_spec_factor=None``. A tree's side
+        branches are verified in the same block as its main chain, so they pay only where block tokens are cheap;
+        where a block token costs a step of its own (llama.cpp) or the engine verifies a chain of fixed length
+        (vLLM), the chain is proposed."""
         self.config = config
-        self.tree = config.tree
+        cheap = block_token_cost is not None and block_token_cost < self.CHEAP_BLOCK_TOKEN
+        self.tree = config.tree if config.tree is not None else cheap
+        #: the draft cap per matched token: a guard against the over-confident counts of short matches, which costs
+        #: little to loosen where a further block token costs little
+        self.spec_factor = (config.max_spec_factor if config.max_spec_factor is not None
+                            else self.CHEAP_SPEC_FACTOR if cheap else self.SPEC_FACTOR)
         self.corpus = corpus if config.use_corpus else None
         self.rows: list[_Row] = []
         #: the speculation proposed for each row at the last step (None: nothing matched)
@@ -234,10 +255,10 @@ class SuffixDrafter(Drafter):
         node = _continue_from(trie, node, cfg.min_match)
         if node < 0:
             return None
-        cap = _draft_cap(trie.depth[node], cfg.max_spec_factor, min(cfg.max_draft_tokens, limit))
+        cap = _draft_cap(trie.depth[node], self.spec_factor, min(cfg.max_draft_tokens, limit))
         if cap <= 0:
             return None
-        if cfg.tree:
+        if self.tree:
             spec = speculate_tree(trie, node, min(limit, cfg.max_nodes), cap, cfg.min_prob, cfg.min_match)
         else:
             spec = speculate_chain(trie, node, cap, cfg.min_prob, cfg.min_match)

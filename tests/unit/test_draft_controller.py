@@ -132,3 +132,31 @@ def test_the_output_is_greedy_whatever_the_controller_chooses(monkeypatch, noisy
         if want[-1] == EOS:
             break
     assert result.sequences[0] == want
+
+
+def test_a_tree_drafter_probes_within_the_probing_budget(monkeypatch):
+    """A tree gets the drafter's whole node budget when drafting pays, but a probe of a row that stopped drafting
+    is sized by the probing budget: a 16-node probe on a runtime where each block token costs a forward would cost
+    16 plain steps."""
+    clock = Clock()
+    monkeypatch.setattr(decode_module, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    prompt = [int(t) for t in np.random.default_rng(1).integers(0, 30, size=60)]
+
+    walk = [30 + int(t) for t in np.random.default_rng(2).integers(0, 9, size=160)]
+
+    def dist(prefix: tuple) -> np.ndarray:  # a random sequence over 30..38: suffix drafts are mostly wrong
+        p = np.full(VOCAB, 1e-3)
+        generated = len(prefix) - len(prompt)
+        p[walk[generated] if 0 <= generated < len(walk) else EOS] = 1.0
+        return p / p.sum()
+
+    model = ToyModel(VOCAB, default=dist, eos_token_id=EOS)
+    cost = lambda w: 1.0 * w  # noqa: E731
+    ctx = toy_context(model, [prompt], 160)
+    ctx.session = session = ScriptedSession(model, [prompt], clock, cost)
+    dec = anydecode.get_decoder("suffix")
+    result = dec.run(dec.configure({"tree": True, "max_nodes": 16, "min_prob": 0.0, "max_spec_factor": 16.0,
+                                     "use_corpus": False}), ctx)
+    tokens = len(result.sequences[0])
+    assert result.stats["drafted"] > 0  # it did probe
+    assert clock.now <= 1.04 * plain_time(cost, tokens), (clock.now, plain_time(cost, tokens), session.widths)

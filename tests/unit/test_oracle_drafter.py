@@ -88,3 +88,35 @@ def test_oracle_needs_a_recording():
     drafter.start([[9]])  # a prompt without a recording: no drafts
     assert drafter.propose([[9, 2]], [4])[0].tokens == []
     assert OracleConfig.from_mapping({"continuation_ids": "1,2,3"}, from_strings=True).continuation_ids == (1, 2, 3)
+
+
+def test_copy_only_drafts_the_longest_recorded_prefix_found_in_the_context():
+    from anydecode.algorithms.speculative.oracle import longest_copy
+
+    recording = [7, 8, 9, 4, 5, 6, 1, 2]
+    drafter = OracleDrafter(OracleConfig(continuation_ids=tuple(recording), copy_only=True))
+    prompt = [1, 7, 8, 3, 7, 8, 9, 4, 0, 5, 6, 1]
+    drafter.start([prompt])
+    # "7 8 9 4" occurs in the prompt, "7 8 9 4 5" does not: the longest run, not the first one found ("7 8 3")
+    assert drafter.propose([prompt], [8])[0].tokens == [7, 8, 9, 4]
+    # after the output took 7 8 9 4, "5 6 1" occurs (at the prompt's end), "5 6 1 2" does not
+    assert drafter.propose([prompt + [7, 8, 9, 4]], [8])[0].tokens == [5, 6, 1]
+    assert drafter.propose([prompt + [7, 8, 9, 4]], [2])[0].tokens == [5, 6]
+    # a recorded token found nowhere in the context: nothing to copy
+    other = OracleDrafter(OracleConfig(continuation_ids=(10, 7), copy_only=True))
+    other.start([prompt])
+    assert other.propose([prompt], [8])[0].tokens == []
+    assert longest_copy([], [1]) == 0 and longest_copy([1, 2], []) == 0 and longest_copy([3, 1, 2], [1, 2, 5]) == 2
+
+
+def test_copy_only_oracle_keeps_greedy_output_and_accepts_all_it_drafts():
+    toy, prompt = model(5), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    recording = greedy_continuation(toy, prompt, 40)
+    full = speculative_decode(toy_context(toy, [prompt], 40),
+                              OracleDrafter(OracleConfig(continuation_ids=tuple(recording))), GREEDY, cost_aware=False)
+    copy = speculative_decode(toy_context(toy, [prompt], 40),
+                              OracleDrafter(OracleConfig(continuation_ids=tuple(recording), copy_only=True)), GREEDY,
+                              cost_aware=False)
+    assert copy.sequences == full.sequences == [recording]
+    assert copy.stats["accepted"] == copy.stats["drafted"] < full.stats["drafted"]
+    assert copy.stats["forward_passes"] > full.stats["forward_passes"]

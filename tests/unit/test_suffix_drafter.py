@@ -326,6 +326,36 @@ def test_bad_settings_name_the_value():
         SuffixTrie(4).append([], -1)
 
 
+@pytest.mark.parametrize("forward_cost, tree, expected", [
+    ((0.97, 0.03, 0.06), None, True),   # transformers on a CPU: a further block token costs 9% of a forward
+    ((1.0, 0.002), None, True),          # a GPU
+    ((0.63, 0.37, 0.43), None, False),   # llama.cpp: a further block token costs 80% of a forward
+    (None, None, False),                 # unknown cost (vLLM's proposer): the chain it verifies
+    ((0.97, 0.03, 0.06), False, False),  # a setting wins over the cost
+    ((0.63, 0.37, 0.43), True, True),
+])
+def test_trees_and_longer_drafts_are_the_default_where_block_tokens_are_cheap(forward_cost, tree, expected):
+    from anydecode.algorithms.speculative.decoders import drafter_spec
+
+    cheap = forward_cost is not None and forward_cost[1] < 0.1
+    context = [1, 2, 3, 4, 5, 6, 7, 1, 2]
+    ctx = toy_context(copying_model(), [context], 8)
+    ctx.session.forward_cost = forward_cost
+    spec = drafter_spec("suffix")
+    drafter = spec.factory(SuffixConfig(tree=tree, use_corpus=False), SamplingConfig(), ctx)
+    assert drafter.tree is expected
+    drafter.start(ctx.prompts)
+    draft = drafter.propose([context], [16])[0]
+    assert (draft.parents is not None) is expected
+    # matched on "1 2": 2 tokens drafted per matched token at SuffixDecoding's alpha (1), 4 where block tokens are
+    # cheap
+    assert draft.tokens == ([3, 4, 5, 6, 7, 1, 2, 3] if cheap else [3, 4])
+    # a setting wins over the cost
+    fixed = spec.factory(SuffixConfig(tree=tree, use_corpus=False, max_spec_factor=1.5), SamplingConfig(), ctx)
+    fixed.start(ctx.prompts)
+    assert fixed.propose([context], [16])[0].tokens == [3, 4, 5]
+
+
 # -- in the speculative loop ---------------------------------------------------------------------------------------
 VOCAB, EOS = 9, 8
 
