@@ -9,8 +9,9 @@ recording, the first such place at or after where the alignment was lost; with `
 nothing from then on.
 
 With ``copy_only`` each draft is cut to the longest prefix of the recorded tokens that occurs somewhere in the
-context (prompt and output so far): what a drafter that copies spans of its context could at best propose, so it
-bounds prompt lookup, IAD and suffix drafting on the request's own tokens.
+context (prompt and output so far): what a drafter that copies one run of its context per step could at best
+propose. It bounds prompt lookup and IAD. For suffix drafting it is an approximate bound, since suffix back-off can
+join two runs and its corpus holds earlier outputs.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ class OracleConfig(DecoderConfig):
                                             "tokens (else draft nothing from then on)")
     max_match_ngram: int = config_field(3, ge=1, help="longest generated suffix used to re-align")
     copy_only: bool = config_field(False, help="draft only the longest prefix of the recorded tokens that occurs in "
-                                               "the context: the bound of drafters that copy from the prompt and "
-                                               "the output (prompt lookup, iad, suffix)")
+                                               "the context: the bound of drafters that copy one run of the prompt "
+                                               "and output per step (prompt lookup, iad)")
 
 
 @dataclasses.dataclass

@@ -157,11 +157,12 @@ class DraftLengthController:
     def limit(self, row: int, cap: int, pending: int) -> int:
         """The draft length in ``0..cap`` with the least expected time per emitted token.
 
-        0 (plain decoding) when no draft pays for its cost; every ``probe_every`` such steps the row drafts
-        anyway, so a change in acceptance (IAD re-aligned with its input) is noticed: as many tokens as fit in three
-        times a plain step's cost (all of ``cap`` on transformers, 4 tokens on llama.cpp, where a 64-token probe
-        would cost 25 steps).
+        0 (plain decoding) when no draft pays for its cost; after ``probe_every`` such steps the row drafts anyway,
+        so a change in acceptance (IAD re-aligned with its input) is noticed: as many tokens as the probing budget
+        allows (``PROBE_SHARE`` of the plain steps waited; see :meth:`_probe`). ``probing[row]`` says whether the
+        length returned is a probe's.
         """
+        self.probing[row] = False  # a probe whose draft came back empty was no probe
         if cap <= 0:
             return cap
         model = self.cost_model()

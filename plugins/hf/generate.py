@@ -187,7 +187,8 @@ def _generate(model: Any, input_ids: torch.Tensor, logits_processor: Any = None,
 
     ``prediction`` (OpenAI's predicted outputs): the text (needs ``anydecode_tokenizer``) or token ids the output is
     expected to largely repeat, or one of them per prompt; speculative decoders that can (``iad``, ``suffix``)
-    draft from it, and the statistics give ``accepted_prediction_tokens`` and ``rejected_prediction_tokens``.
+    draft from it, and the statistics give ``accepted_prediction_tokens`` and ``rejected_prediction_tokens`` (draft
+    tokens verified and rejected: with ``suffix``'s tree drafts, the default here, side branches count too).
     """
     keywords = decoder_keywords()
     model_kwargs = {k: v for k, v in kwargs.items() if k not in keywords}

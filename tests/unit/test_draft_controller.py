@@ -48,6 +48,13 @@ class ScriptedSession(ToySession):
         self.clock.now += self.cost(width)
         return out
 
+    def append_tree(self, tokens, parents):  # a tree of w nodes is verified in one forward over w tokens
+        out = super().append_tree(tokens, parents)
+        width = out.shape[1]
+        self.widths.append(width)
+        self.clock.now += self.cost(width)
+        return out
+
 
 def copy_model(seed: int, noisy_until: int = 0) -> ToyModel:
     """Copies its input (tokens 0..29, little repetition) one for one, except that its first ``noisy_until`` tokens

@@ -336,8 +336,10 @@ def test_bad_settings_name_the_value():
 ])
 def test_trees_and_longer_drafts_are_the_default_where_block_tokens_are_cheap(forward_cost, tree, expected):
     from anydecode.algorithms.speculative.decoders import drafter_spec
+    from anydecode.algorithms.speculative.schedule import block_token_share
 
-    cheap = forward_cost is not None and forward_cost[1] < 0.1
+    share = block_token_share(forward_cost)
+    cheap = share is not None and share < SuffixDrafter.CHEAP_BLOCK_TOKEN
     context = [1, 2, 3, 4, 5, 6, 7, 1, 2]
     ctx = toy_context(copying_model(), [context], 8)
     ctx.session.forward_cost = forward_cost
