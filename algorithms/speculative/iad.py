@@ -27,6 +27,7 @@ from ..contracts.config import DecoderConfig, config_field
 from ..contracts.errors import ConfigError
 from .draft import Draft, Drafter
 from .prompt_lookup import find_continuation
+from .schedule import CHEAP_BLOCK_TOKEN, cheap_block_tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +85,7 @@ class IADDrafter(Drafter):
     """Copies the input span from the aligned position; re-aligns on a unique n-gram of the generated suffix."""
 
     #: the fallback pays where a further token in a verified block costs less than this share of a forward
-    CHEAP_BLOCK_TOKEN = 0.2
+    CHEAP_BLOCK_TOKEN = CHEAP_BLOCK_TOKEN
 
     def __init__(self, config: IADConfig, tokenizer: Any = None, block_token_cost: float | None = None,
                  sources: Sequence[Sequence[int]] | None = None):
@@ -93,7 +94,7 @@ class IADDrafter(Drafter):
         (predicted outputs: each request's prediction); it wins over ``source``/``source_ids`` and the prompt."""
         self.config = config
         self.fallback = (config.fallback if config.fallback is not None
-                         else block_token_cost is not None and block_token_cost < self.CHEAP_BLOCK_TOKEN)
+                         else cheap_block_tokens(block_token_cost))
         self.fixed_source: list[int] | None = None
         if config.source_ids is not None:
             self.fixed_source = [int(t) for t in config.source_ids]

@@ -30,6 +30,16 @@ def cost_of(model: tuple[float, ...], width: int) -> float:
     return c0 + c1 * width + (cb if width > 1 else 0.0)
 
 
+#: a further token in a verified block is "cheap" below this share of a one-token forward (transformers on a CPU:
+#: 0.09; llama.cpp: 0.8): where drafters default to their more speculative modes (iad's fallback, suffix's trees)
+CHEAP_BLOCK_TOKEN = 0.2
+
+
+def cheap_block_tokens(share: float | None) -> bool:
+    """Whether a further block token (``share`` from :func:`block_token_share`; None: unknown) counts as cheap."""
+    return share is not None and share < CHEAP_BLOCK_TOKEN
+
+
 def block_token_share(model: tuple[float, ...] | None) -> float | None:
     """What one more token in a block costs, as a share of a one-token forward (``None`` without a model)."""
     if not model:

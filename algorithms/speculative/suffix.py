@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from ..contracts.config import DecoderConfig, config_field
 from ..contracts.errors import ConfigError
 from .draft import Draft, Drafter
+from .schedule import CHEAP_BLOCK_TOKEN, cheap_block_tokens
 from .suffix_tree import ROOT, SlidingSuffixTrie, SuffixCorpus, SuffixTrie
 
 
@@ -182,7 +183,7 @@ class SuffixDrafter(Drafter):
     deterministic = True
 
     #: trees are the default where a further token in a verified block costs less than this share of a forward
-    CHEAP_BLOCK_TOKEN = 0.2
+    CHEAP_BLOCK_TOKEN = CHEAP_BLOCK_TOKEN
     #: ``max_spec_factor`` by default: SuffixDecoding's alpha, and a looser cap where block tokens are cheap
     SPEC_FACTOR, CHEAP_SPEC_FACTOR = 1.0, 4.0
 
@@ -194,7 +195,7 @@ class SuffixDrafter(Drafter):
         where a block token costs a step of its own (llama.cpp) or the engine verifies a chain of fixed length
         (vLLM), the chain is proposed."""
         self.config = config
-        cheap = block_token_cost is not None and block_token_cost < self.CHEAP_BLOCK_TOKEN
+        cheap = cheap_block_tokens(block_token_cost)
         self.tree = config.tree if config.tree is not None else cheap
         #: the draft cap per matched token: a guard against the over-confident counts of short matches, which costs
         #: little to loosen where a further block token costs little
