@@ -56,7 +56,10 @@ class SuffixConfig(DecoderConfig):
     tree: bool | None = config_field(
         None, help="propose a tree of the most probable branches instead of a chain (default: where a further token "
                    "in a verified block is known to be cheap: transformers)")
-    max_nodes: int = config_field(16, ge=1, help="tree mode: most draft nodes per step")
+    max_nodes: int = config_field(16, ge=1, help="tree mode: most draft nodes per step (the budget a row starts "
+                                                 "from, and falls back to after a rejection)")
+    max_grown_nodes: int = config_field(32, ge=1, help="tree mode: after a step whose main path was accepted whole, "
+                                                       "the node budget doubles, up to this (at least max_nodes)")
     use_corpus: bool = config_field(True, help="also draft from, and add outputs to, the model's corpus of earlier "
                                                "outputs (where the caller gives one)")
     corpus_max_tokens: int = config_field(32768, ge=1, help="corpus bound: most output tokens held (oldest "
@@ -170,6 +173,8 @@ class _Row:
     prompt_length: int
     seen: int
     entry: int | None  # this row's output in the corpus
+    #: tree mode: this step's node budget (``max_nodes``, doubled after each draft accepted whole)
+    budget: int = 0
 
 
 class SuffixDrafter(Drafter):
@@ -218,7 +223,7 @@ class SuffixDrafter(Drafter):
                 own.extend([int(t) for t in self.extra_sources[row]])
             own.extend([int(t) for t in prompt])
             entry = self.corpus.open() if self.corpus is not None else None
-            self.rows.append(_Row(own, len(prompt), len(prompt), entry))
+            self.rows.append(_Row(own, len(prompt), len(prompt), entry, self.config.max_nodes))
         self.last = [None] * len(self.rows)
 
     def finish(self, sequences: Sequence[Sequence[int]] | None = None) -> None:
@@ -239,7 +244,7 @@ class SuffixDrafter(Drafter):
             if self.corpus is not None and state.entry is not None:
                 self.corpus.close(state.entry)
             own = SlidingSuffixTrie(self.config.max_depth, self.config.max_indexed_tokens)
-            self.rows[row] = state = _Row(own, min(state.prompt_length, len(context)), 0, None)
+            self.rows[row] = state = _Row(own, min(state.prompt_length, len(context)), 0, None, self.config.max_nodes)
         new = [int(t) for t in context[state.seen:]]
         if not new:
             return
@@ -251,7 +256,7 @@ class SuffixDrafter(Drafter):
         state.seen = len(context)
 
     # -- drafting --------------------------------------------------------------------------------------------------
-    def _speculate(self, trie: SuffixTrie, node: int, limit: int, source: str) -> Speculation | None:
+    def _speculate(self, trie: SuffixTrie, node: int, limit: int, source: str, budget: int) -> Speculation | None:
         cfg = self.config
         node = _continue_from(trie, node, cfg.min_match)
         if node < 0:
@@ -260,7 +265,7 @@ class SuffixDrafter(Drafter):
         if cap <= 0:
             return None
         if self.tree:
-            spec = speculate_tree(trie, node, min(limit, cfg.max_nodes), cap, cfg.min_prob, cfg.min_match)
+            spec = speculate_tree(trie, node, min(limit, budget), cap, cfg.min_prob, cfg.min_match)
         else:
             spec = speculate_chain(trie, node, cap, cfg.min_prob, cfg.min_match)
         spec.source = source
@@ -271,12 +276,12 @@ class SuffixDrafter(Drafter):
         self._update(row, context)
         if limit <= 0 or not len(context):
             return None
-        own = self.rows[row].own
-        best = self._speculate(own.trie, own.deepest(), limit, "own")
+        own, budget = self.rows[row].own, self.rows[row].budget
+        best = self._speculate(own.trie, own.deepest(), limit, "own", budget)
         if self.corpus is not None:
             with self.corpus.lock:
                 trie = self.corpus.trie
-                other = self._speculate(trie, trie.match(context), limit, "corpus")
+                other = self._speculate(trie, trie.match(context), limit, "corpus", budget)
             if other is not None and (best is None or other.score > best.score):
                 best = other
         return best
@@ -288,3 +293,16 @@ class SuffixDrafter(Drafter):
             self.last[row] = spec
             out.append(spec.draft(self.tree) if spec is not None else Draft())
         return out
+
+    def feedback(self, row: int, draft: Draft, accepted_path: Sequence[int]) -> None:
+        """Tree mode: a draft whose main path was accepted whole was too short for the run being copied, so the
+        next step's node budget doubles (up to ``max_grown_nodes``); a rejection brings it back to ``max_nodes``.
+        Chains leave their length to the caller (the draft controller)."""
+        if not self.tree or not len(draft) or row >= len(self.rows):
+            return
+        cfg = self.config
+        state = self.rows[row]
+        if len(accepted_path) >= len(draft.main_path()):
+            state.budget = min(2 * state.budget, max(cfg.max_nodes, cfg.max_grown_nodes))
+        else:
+            state.budget = cfg.max_nodes

@@ -358,6 +358,33 @@ def test_trees_and_longer_drafts_are_the_default_where_block_tokens_are_cheap(fo
     assert fixed.propose([context], [16])[0].tokens == [3, 4, 5]
 
 
+def test_a_tree_accepted_whole_grows_the_node_budget_and_a_rejection_resets_it():
+    """Tree mode: after a step whose main path was accepted whole, the next tree may hold twice the nodes (up to
+    max_grown_nodes); after a rejection it is back to max_nodes. Chains are left to the draft controller."""
+    run = list(range(10, 90))  # the prompt holds a long run that the output copies
+    prompt = run + [1] + run[:2]
+
+    def sizes(tree: bool, accept_whole: list[bool]) -> list[int]:
+        drafter = SuffixDrafter(SuffixConfig(tree=tree, max_nodes=4, max_grown_nodes=16, max_spec_factor=8.0,
+                                             use_corpus=False))
+        drafter.start([prompt])
+        out: list[int] = []
+        seen = []
+        for whole in accept_whole:
+            draft = drafter.propose([prompt + out], [64])[0]
+            seen.append(len(draft))
+            main = draft.main_path()
+            assert [draft.tokens[i] for i in main] == run[2 + len(out): 2 + len(out) + len(main)]
+            accepted = main if whole else main[:1]
+            drafter.feedback(0, draft, accepted)
+            out += run[2 + len(out): 2 + len(out) + len(accepted) + 1]  # the accepted tokens and the target's own
+        return seen
+
+    assert sizes(True, [True, True, True, True, False, True]) == [4, 8, 16, 16, 16, 4]
+    # a chain's length is the caller's (the controller's limit) and the match cap's, never the node budget
+    assert min(sizes(False, [True, False, True])) >= 16
+
+
 # -- in the speculative loop ---------------------------------------------------------------------------------------
 VOCAB, EOS = 9, 8
 
