@@ -86,6 +86,7 @@ class ADEDDrafter(Drafter):
     """Tree drafts from a tri-gram table that learns from the target's outputs during decoding."""
 
     tree = True
+    cheap = True
 
     def __init__(self, config: ADEDConfig, table: TrigramTable | None = None):
         self.config = config

@@ -21,7 +21,7 @@ from ... import kernels
 from ..contracts.config import SamplingConfig
 from ..contracts.decoder import DecodeContext, DecodeResult
 from ..contracts.errors import ConfigError, ContextFull
-from ..contracts.session import ModelSession, has_tree_attention
+from ..contracts.session import ModelSession, has_tree_attention, tree_depths
 from ..sampling.warpers import warped_probs
 from .draft import Draft, Drafter
 from .schedule import DraftLengthController
@@ -142,8 +142,41 @@ class _Step:
         self.cache_valid: list[int | None] = [None] * rows
 
 
+class _Shadow:
+    """A draft proposed at a step that verified none, checked against the tokens the row then emits: under greedy
+    decoding and coupling those do not depend on drafts, so the check gives what verifying the draft would have."""
+
+    #: matched tokens after which a shadow counts as accepted so far and is resolved (the controller wants evidence
+    #: soon, not the whole length of a long copy)
+    DEPTH = 8
+
+    def __init__(self, draft: Draft, start: int):
+        self.start = start
+        self.children: dict[tuple[int, int], int] = {}
+        self.inner: set[int] = set()
+        for node, (token, parent) in enumerate(zip(draft.tokens, draft.node_parents())):
+            self.children.setdefault((parent, token), node)
+            self.inner.add(parent)
+
+    def outcome(self, generated: Sequence[int]) -> tuple[int, bool] | None:
+        """``(accepted, rejected)`` once the emitted tokens settle it (a token off every path, a leaf, or
+        ``DEPTH`` tokens matched), else None."""
+        node = -1
+        for depth, token in enumerate(generated[self.start:]):
+            child = self.children.get((node, token))
+            if child is None:
+                return depth, True
+            node = child
+            if depth + 1 >= self.DEPTH or node not in self.inner:
+                return depth + 1, False
+        return None
+
+
 class SpeculativeLoop:
     """Runs one ``generate`` call: a drafter, the target session and the user's sampling settings."""
+
+    #: what proposing shadow drafts may cost, as a share of the loop's time (proposals at steps without drafts)
+    SHADOW_SHARE = 0.02
 
     def __init__(self, ctx: DecodeContext, drafter: Drafter, sampling: SamplingConfig, coins: Coins | None = None,
                  cost_aware: bool = True):
@@ -173,8 +206,14 @@ class SpeculativeLoop:
         # fixed cost hint sizes drafts from acceptance alone and seeded runs repeat
         hint = getattr(self.session, "forward_cost", None)
         self.controller = None
+        #: outputs that do not depend on drafts let a cheap drafter's drafts be checked at steps that verify none
+        #: (``_Shadow``): a row that stopped drafting learns when drafting pays again without probing
+        self.shadows = cost_aware and (self.greedy or self.coupled) and drafter.cheap and drafter.deterministic
+        self.shadow: list[_Shadow | None] = [None] * self.session.batch_size
+        #: seconds of proposing that shadows may still spend: ``SHADOW_SHARE`` of each step's time
+        self.shadow_bank = 0.0
         if cost_aware and (self.greedy or self.coupled):
-            self.controller = DraftLengthController(self.session.batch_size, prior_cost=hint)
+            self.controller = DraftLengthController(self.session.batch_size, prior_cost=hint, shadows=self.shadows)
         elif cost_aware and hint is not None:
             self.controller = DraftLengthController(self.session.batch_size, fixed_cost=hint)
         #: the runtime's own processors (transformers' repetition penalty, ...): applied to the target's logits at
@@ -453,20 +492,40 @@ class SpeculativeLoop:
         prev = ctx.prompt_logits
         assert prev is not None
         self.forward_passes = 0
-        drafted = accepted = steps = 0
+        drafted = accepted = steps = shadows_checked = shadows_accepted = 0
         started = time.perf_counter()
         while True:
             active = [r is None for r in reasons]
             if not any(active):
                 break
-            limits = [max(0, ctx.max_new_tokens - len(generated[b]) - 1) if active[b] else 0 for b in range(rows)]
+            caps = [max(0, ctx.max_new_tokens - len(generated[b]) - 1) if active[b] else 0 for b in range(rows)]
+            limits = caps
             if self.controller is not None:
-                limits = [self._draft_limit(b, limits[b], len(pending[b])) if active[b] else 0
-                          for b in range(rows)]
+                limits = [self._draft_limit(b, caps[b], len(pending[b])) if active[b] else 0 for b in range(rows)]
+            shadowed = [b for b in range(rows) if self.shadows and self.shadow_bank >= 0 and limits[b] == 0
+                        and caps[b] > 0 and self.shadow[b] is None]
+            asked = [caps[b] if b in shadowed else limits[b] for b in range(rows)]
             contexts = [prompts[b] + generated[b] for b in range(rows)]
             draft_started = time.perf_counter()
-            proposed = self.drafter.propose(contexts, limits)
+            proposed = self.drafter.propose(contexts, asked)
             draft_seconds = time.perf_counter() - draft_started
+            if shadowed:
+                self.shadow_bank -= draft_seconds
+                for b in shadowed:
+                    if len(proposed[b]):
+                        self.shadow[b] = _Shadow(clean_draft(proposed[b], caps[b], self.eos), len(generated[b]))
+                    proposed[b] = Draft(fresh=proposed[b].fresh)
+            if self.controller is not None and self.use_trees:
+                for b in range(rows):
+                    tree = proposed[b]
+                    if (active[b] and b not in shadowed and not tree.is_chain and not self.controller.probing[b]
+                            and not self.controller.pays(b, len(tree), max(tree_depths(tree.node_parents())),
+                                                         len(pending[b]))):
+                        # the controller's chain model let the row draft, but this tree's nodes cost more than its
+                        # deepest path is expected to save: a plain step, with the tree as its shadow
+                        if self.shadows and self.shadow[b] is None:
+                            self.shadow[b] = _Shadow(clean_draft(tree, caps[b], self.eos), len(generated[b]))
+                        proposed[b] = Draft(fresh=tree.fresh)
             drafts = [clean_draft(proposed[b], limits[b], self.eos) if active[b] else Draft() for b in range(rows)]
             if self.controller is not None:
                 for b in range(rows):
@@ -484,8 +543,9 @@ class SpeculativeLoop:
             steps += 1
             if self.controller is not None and step.width:
                 # the whole step (drafting, forward, verification) is what a longer or shorter draft trades against
-                self.controller.record_forward(round(step.cost_width),
-                                               time.perf_counter() - step_started + draft_seconds)
+                step_seconds = time.perf_counter() - step_started + draft_seconds
+                self.controller.record_forward(round(step.cost_width), step_seconds)
+                self.shadow_bank = min(self.shadow_bank + self.SHADOW_SHARE * step_seconds, step_seconds)
             keep = []
             for b in range(rows):
                 if not active[b]:
@@ -514,6 +574,15 @@ class SpeculativeLoop:
                     emitted = emitted[:room]
                     reasons[b] = reasons[b] or "length"
                 generated[b].extend(emitted)
+                shadow = self.shadow[b]
+                if shadow is not None and self.controller is not None:
+                    outcome = shadow.outcome(generated[b])
+                    if outcome is not None or reasons[b] is not None:
+                        self.shadow[b] = None
+                    if outcome is not None:
+                        self.controller.record_outcome(b, *outcome)
+                        shadows_checked += 1
+                        shadows_accepted += outcome[0]
                 if ctx.on_token is not None:
                     for token in emitted:
                         ctx.on_token(b, token)
@@ -543,6 +612,8 @@ class SpeculativeLoop:
             "accepted": accepted,
             "acceptance_rate": accepted / drafted if drafted else 0.0,
             "tokens_per_forward": sum(len(g) for g in generated) / max(self.forward_passes, 1),
+            "shadow_drafts": shadows_checked,
+            "shadow_accepted": shadows_accepted,
             "decode_seconds": time.perf_counter() - started,
         }
         draft_forwards = getattr(self.drafter, "forward_passes", None)

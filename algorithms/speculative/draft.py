@@ -88,6 +88,9 @@ class Drafter(abc.ABC):
     deterministic: bool = True
     #: True when drafts may be trees
     tree: bool = False
+    #: True when proposing costs little next to a target forward (no model of its own): the loop may then propose at
+    #: steps that verify no draft, to learn what drafts would be accepted without paying for their verification
+    cheap: bool = False
 
     def start(self, prompts: Sequence[Sequence[int]]) -> None:
         """A new request begins with these prompts (one per row)."""

@@ -86,6 +86,7 @@ class IADDrafter(Drafter):
 
     #: the fallback pays where a further token in a verified block costs less than this share of a forward
     CHEAP_BLOCK_TOKEN = CHEAP_BLOCK_TOKEN
+    cheap = True
 
     def __init__(self, config: IADConfig, tokenizer: Any = None, block_token_cost: float | None = None,
                  sources: Sequence[Sequence[int]] | None = None):

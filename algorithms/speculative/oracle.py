@@ -76,6 +76,7 @@ class OracleDrafter(Drafter):
     """
 
     deterministic = True
+    cheap = True
 
     def __init__(self, config: OracleConfig,
                  source: Mapping[tuple[int, ...], Recording | Sequence[Recording]] | None = None):

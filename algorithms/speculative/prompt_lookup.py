@@ -48,6 +48,8 @@ def find_continuation(tokens: np.ndarray, max_ngram: int, min_ngram: int, length
 class PromptLookupDrafter(Drafter):
     """Deterministic n-gram drafts from the row's own context (prompt and generated tokens)."""
 
+    cheap = True
+
     def __init__(self, config: PromptLookupConfig):
         self.config = config
         self.length = AdaptiveDraftLength(config.num_draft_tokens, config.max_draft_tokens, config.adaptive)

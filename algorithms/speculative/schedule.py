@@ -66,7 +66,7 @@ class DraftLengthController:
 
     def __init__(self, rows: int, history: int = 48, prior_acceptance: float = 0.8, decay: float = 0.8,
                  probe_every: int = 8, fixed_cost: tuple[float, ...] | None = None,
-                 prior_cost: tuple[float, ...] | None = None):
+                 prior_cost: tuple[float, ...] | None = None, shadows: bool = False):
         self.samples: deque[tuple[int, float]] = deque(maxlen=history)
         self._fitted: Cost | None = None
         self._unfitted = 0  # forwards recorded since the last fit
@@ -89,6 +89,9 @@ class DraftLengthController:
         # acceptance as a decayed ratio of accepted tokens to acceptance trials (accepted + first rejection)
         self.hits = [4.0 * prior_acceptance] * rows
         self.trials = [4.0] * rows
+        #: the caller checks drafts at steps that verify none against the tokens that follow (:meth:`record_outcome`),
+        #: so a row that stopped drafting learns its acceptance for free and never probes
+        self.shadows = shadows
 
     def add_row(self) -> int:
         """One more row, with the priors (where rows come and go: vLLM's proposer gives each request one, reused
@@ -127,9 +130,15 @@ class DraftLengthController:
                 self.hits[row], self.trials[row] = 4.0 * self.prior_acceptance, 4.0
                 return
             self.wait[row] = 2 * self.wait[row]
-        rejected = 1 if accepted < drafted else 0
+        self.record_outcome(row, accepted, accepted < drafted)
+
+    def record_outcome(self, row: int, accepted: int, rejected: bool) -> None:
+        """A draft's outcome: ``accepted`` tokens, then a rejection or not. The loop also calls this for a *shadow*
+        draft, one it proposed at a step that verified none and then checked against the tokens the target went on
+        to emit: under greedy decoding and coupling those do not depend on drafts, so its outcome is what verifying
+        it would have given."""
         self.hits[row] = self.decay * self.hits[row] + accepted
-        self.trials[row] = self.decay * self.trials[row] + accepted + rejected
+        self.trials[row] = self.decay * self.trials[row] + accepted + (1 if rejected else 0)
 
     def acceptance(self, row: int) -> float:
         return min(max(self.hits[row] / max(self.trials[row], 1e-9), 0.0), 0.995)
@@ -170,7 +179,8 @@ class DraftLengthController:
         0 (plain decoding) when no draft pays for its cost; after ``probe_every`` such steps the row drafts anyway,
         so a change in acceptance (IAD re-aligned with its input) is noticed: as many tokens as the probing budget
         allows (``PROBE_SHARE`` of the plain steps waited; see :meth:`_probe`). ``probing[row]`` says whether the
-        length returned is a probe's.
+        length returned is a probe's. With ``shadows`` a row never probes: shadow drafts tell it when to draft
+        again.
         """
         self.probing[row] = False  # a probe whose draft came back empty was no probe
         if cap <= 0:
@@ -190,7 +200,7 @@ class DraftLengthController:
             per_token = cost_of(model, pending + k) / expected
             if per_token < best_time - 1e-12:
                 best, best_time = k, per_token
-        if best == 0:
+        if best == 0 and not self.shadows:
             self.idle[row] += 1
             self.bank[row] = min(self.bank[row] + self.PROBE_SHARE, 4.0)
             if self.idle[row] >= self.wait[row]:
@@ -199,6 +209,17 @@ class DraftLengthController:
             self.idle[row] = 0
             self.wait[row] = self.probe_every
         return best
+
+    def pays(self, row: int, width: int, depth: int, pending: int) -> bool:
+        """Whether verifying a tree of ``width`` nodes and ``depth`` levels after ``pending`` tokens is expected to
+        cost less per emitted token than a plain step, at the row's acceptance: a tree pays for every node but
+        emits at most one path. (``limit`` models chains, whose width is their depth.)"""
+        model = self.cost_model()
+        if model is None:
+            return True
+        a = self.acceptance(row)
+        expected = (1.0 - a ** (depth + 1)) / (1.0 - a)
+        return cost_of(model, pending + width) / expected < cost_of(model, pending)
 
     def _probe(self, row: int, model: Cost, cap: int, pending: int) -> int:
         """A draft for a row that has stopped drafting, to notice a new phase (IAD re-aligned with its input): as

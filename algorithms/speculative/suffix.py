@@ -186,6 +186,7 @@ class SuffixDrafter(Drafter):
     """
 
     deterministic = True
+    cheap = True
 
     #: trees are the default where a further token in a verified block costs less than this share of a forward
     CHEAP_BLOCK_TOKEN = CHEAP_BLOCK_TOKEN

@@ -141,10 +141,11 @@ def test_the_output_is_greedy_whatever_the_controller_chooses(monkeypatch, noisy
     assert result.sequences[0] == want
 
 
-def test_a_tree_drafter_probes_within_the_probing_budget(monkeypatch):
-    """A tree gets the drafter's whole node budget when drafting pays, but a probe of a row that stopped drafting
-    is sized by the probing budget: a 16-node probe on a runtime where each block token costs a forward would cost
-    16 plain steps."""
+def test_a_tree_drafter_whose_drafts_fail_is_checked_in_the_shadow_not_probed(monkeypatch):
+    """Suffix trees on text they cannot predict, where each block token costs a forward: after the first failed
+    drafts the row stops drafting, and its drafts are then only proposed and checked against what the target
+    emits (shadows), so nothing more is verified and the run costs what plain decoding costs, give or take the
+    first drafts. (Probing instead would verify a draft now and then: a 16-node tree would cost 16 plain steps.)"""
     clock = Clock()
     monkeypatch.setattr(decode_module, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
     prompt = [int(t) for t in np.random.default_rng(1).integers(0, 30, size=60)]
@@ -165,5 +166,64 @@ def test_a_tree_drafter_probes_within_the_probing_budget(monkeypatch):
     result = dec.run(dec.configure({"tree": True, "max_nodes": 16, "min_prob": 0.0, "max_spec_factor": 16.0,
                                      "use_corpus": False}), ctx)
     tokens = len(result.sequences[0])
-    assert result.stats["drafted"] > 0  # it did probe
+    assert result.stats["shadow_drafts"] >= 50, result.stats  # drafts were still proposed and checked
+    late = session.widths[len(session.widths) // 4:]
+    assert max(late) == 1, session.widths  # but none verified once drafting had stopped paying
     assert clock.now <= 1.04 * plain_time(cost, tokens), (clock.now, plain_time(cost, tokens), session.widths)
+
+
+def test_shadow_drafts_bring_drafting_back_within_a_few_tokens_of_a_new_phase(monkeypatch):
+    """The output is first unpredictable (48 tokens of a random walk), then copies the prompt, on a runtime where a
+    failed draft costs most of a step. While the suffix drafter's drafts fail nothing is verified (no probes: every
+    forward is one token wide), but its drafts are still proposed and checked in the shadow; once the output copies
+    the prompt they are accepted and real drafting resumes within a few tokens."""
+    cost = lambda w: 1.0 + 0.37 * w + 0.43 * (w > 1)  # noqa: E731
+    clock = Clock()
+    monkeypatch.setattr(decode_module, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    prompt = [int(t) for t in np.random.default_rng(3).integers(0, 30, size=120)]
+    walk = [30 + int(t) for t in np.random.default_rng(4).integers(0, 9, size=48)]
+    script = walk + prompt[:60]
+
+    def dist(prefix: tuple) -> np.ndarray:
+        p = np.full(VOCAB, 1e-3)
+        generated = len(prefix) - len(prompt)
+        p[script[generated] if 0 <= generated < len(script) else EOS] = 1.0
+        return p / p.sum()
+
+    model = ToyModel(VOCAB, default=dist, eos_token_id=EOS)
+    ctx = toy_context(model, [prompt], len(script))
+    session = ScriptedSession(model, [prompt], clock, cost)
+    lengths: list[int] = []
+    append = session.append
+
+    def logged(tokens):
+        lengths.append(session.length)
+        return append(tokens)
+
+    session.append = logged
+    ctx.session = session
+    dec = anydecode.get_decoder("suffix")
+    result = dec.run(dec.configure({"use_corpus": False}), ctx)
+    assert result.sequences[0] == script
+    # tokens generated before each forward that verified a draft
+    drafting = [length - len(prompt) for length, width in zip(lengths, session.widths) if width > 1]
+    assert len([g for g in drafting if g < 16]) <= 6, drafting  # the first drafts fail and drafting stops
+    assert not [g for g in drafting if 16 <= g < 48], drafting  # no probe while drafts keep failing
+    assert result.stats["shadow_drafts"] >= 10, result.stats  # they are checked in the shadow instead
+    assert any(48 <= g <= 56 for g in drafting), drafting  # back within a few tokens of the new phase
+    assert result.stats["accepted"] >= 30, result.stats
+
+
+def test_a_tree_drafts_only_where_its_deepest_path_pays_for_all_its_nodes():
+    """A tree is verified whole but emits one path: at an acceptance where a short chain pays, a bushy 16-node tree
+    two levels deep does not, and is left as a shadow; a narrow tree of the chain's size, or any tree at a high
+    acceptance, pays."""
+    from anydecode.algorithms.speculative.schedule import DraftLengthController
+
+    controller = DraftLengthController(1, fixed_cost=(1.0, 0.025, 0.3))  # a block of w: 1.325 + 0.025 w
+    controller.hits[0], controller.trials[0] = 4.0, 10.0  # acceptance 0.4
+    assert controller.limit(0, 16, 1) > 0  # a chain pays
+    assert not controller.pays(0, 16, 2, 1)
+    assert controller.pays(0, 4, 4, 1)
+    controller.hits[0], controller.trials[0] = 8.0, 10.0
+    assert controller.pays(0, 16, 6, 1)
