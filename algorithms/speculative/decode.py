@@ -212,6 +212,8 @@ class SpeculativeLoop:
         self.shadow: list[_Shadow | None] = [None] * self.session.batch_size
         #: seconds of proposing that shadows may still spend: ``SHADOW_SHARE`` of each step's time
         self.shadow_bank = 0.0
+        #: per row, the chain length the controller chose this step (a tree that does not pay is cut to it)
+        self.chain_limits = [0] * self.session.batch_size
         if cost_aware and (self.greedy or self.coupled):
             self.controller = DraftLengthController(self.session.batch_size, prior_cost=hint, shadows=self.shadows)
         elif cost_aware and hint is not None:
@@ -477,6 +479,7 @@ class SpeculativeLoop:
         probe of a row that had stopped drafting, whose size is its probing budget."""
         assert self.controller is not None
         k = self.controller.limit(row, cap, pending)
+        self.chain_limits[row] = k
         return cap if self.use_trees and k > 0 and not self.controller.probing[row] else k
 
     # -- the loop -------------------------------------------------------------------------------------------------
@@ -510,7 +513,8 @@ class SpeculativeLoop:
             proposed = self.drafter.propose(contexts, asked)
             draft_seconds = time.perf_counter() - draft_started
             if shadowed:
-                self.shadow_bank -= draft_seconds
+                # the proposing of the shadowed rows' share of the batch
+                self.shadow_bank -= draft_seconds * len(shadowed) / max(sum(active), 1)
                 for b in shadowed:
                     if len(proposed[b]):
                         self.shadow[b] = _Shadow(clean_draft(proposed[b], caps[b], self.eos), len(generated[b]))
@@ -522,11 +526,13 @@ class SpeculativeLoop:
                             and not self.controller.pays(b, len(tree), max(tree_depths(tree.node_parents())),
                                                          len(pending[b]))):
                         # the controller's chain model let the row draft, but this tree's nodes cost more than its
-                        # deepest path is expected to save: a plain step, with the tree as its shadow
-                        if self.shadows and self.shadow[b] is None:
-                            self.shadow[b] = _Shadow(clean_draft(tree, caps[b], self.eos), len(generated[b]))
-                        proposed[b] = Draft(fresh=tree.fresh)
+                        # deepest path is expected to save: its main chain, at the controller's chain length
+                        chain = _as_chain(tree).cut(self.chain_limits[b])
+                        proposed[b] = Draft(chain.tokens, None, chain.q, tree.fresh)
             drafts = [clean_draft(proposed[b], limits[b], self.eos) if active[b] else Draft() for b in range(rows)]
+            for b in range(rows):
+                if len(drafts[b]):
+                    self.shadow[b] = None  # the row drafts again: its own drafts measure acceptance now
             if self.controller is not None:
                 for b in range(rows):
                     if active[b] and proposed[b].fresh and not len(drafts[b]):
