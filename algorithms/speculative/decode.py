@@ -212,8 +212,6 @@ class SpeculativeLoop:
         self.shadow: list[_Shadow | None] = [None] * self.session.batch_size
         #: seconds of proposing that shadows may still spend: ``SHADOW_SHARE`` of each step's time
         self.shadow_bank = 0.0
-        #: per row, the chain length the controller chose this step (a tree that does not pay is cut to it)
-        self.chain_limits = [0] * self.session.batch_size
         if cost_aware and (self.greedy or self.coupled):
             self.controller = DraftLengthController(self.session.batch_size, prior_cost=hint, shadows=self.shadows)
         elif cost_aware and hint is not None:
@@ -479,7 +477,6 @@ class SpeculativeLoop:
         probe of a row that had stopped drafting, whose size is its probing budget."""
         assert self.controller is not None
         k = self.controller.limit(row, cap, pending)
-        self.chain_limits[row] = k
         return cap if self.use_trees and k > 0 and not self.controller.probing[row] else k
 
     # -- the loop -------------------------------------------------------------------------------------------------
@@ -526,9 +523,10 @@ class SpeculativeLoop:
                             and not self.controller.pays(b, len(tree), max(tree_depths(tree.node_parents())),
                                                          len(pending[b]))):
                         # the controller's chain model let the row draft, but this tree's nodes cost more than its
-                        # deepest path is expected to save: its main chain, at the controller's chain length
-                        chain = _as_chain(tree).cut(self.chain_limits[b])
-                        proposed[b] = Draft(chain.tokens, None, chain.q, tree.fresh)
+                        # deepest path is expected to save: a plain step, with the tree as its shadow
+                        if self.shadows and self.shadow[b] is None:
+                            self.shadow[b] = _Shadow(clean_draft(tree, caps[b], self.eos), len(generated[b]))
+                        proposed[b] = Draft(fresh=tree.fresh)
             drafts = [clean_draft(proposed[b], limits[b], self.eos) if active[b] else Draft() for b in range(rows)]
             for b in range(rows):
                 if len(drafts[b]):

@@ -216,7 +216,7 @@ def test_shadow_drafts_bring_drafting_back_within_a_few_tokens_of_a_new_phase(mo
 
 def test_a_tree_drafts_only_where_its_deepest_path_pays_for_all_its_nodes():
     """A tree is verified whole but emits one path: at an acceptance where a short chain pays, a bushy 16-node tree
-    two levels deep does not (the loop then verifies its main chain at the chain's length); a narrow tree of the
+    two levels deep does not (the loop then makes the step plain and the tree its shadow); a narrow tree of the
     chain's size, or any tree at a high acceptance, pays."""
     from anydecode.algorithms.speculative.schedule import DraftLengthController
 
