@@ -471,6 +471,10 @@ class SpeculativeLoop:
         step.cost_width = width * len(expanded) / max(rows, 1)
         return step
 
+    def _shadow_of(self, draft: Draft, cap: int, start: int) -> _Shadow:
+        """``draft``, proposed after ``start`` generated tokens, as a shadow (cut as a verified draft would be)."""
+        return _Shadow(clean_draft(draft, cap, self.eos), start)
+
     def _draft_limit(self, row: int, cap: int, pending: int) -> int:
         """The controller's draft length; a tree verified in one pass gets the drafter's whole node budget
         whenever drafting pays at all (the controller's chain model would cut a bushy tree to one node), but not a
@@ -514,7 +518,7 @@ class SpeculativeLoop:
                 self.shadow_bank -= draft_seconds * len(shadowed) / max(sum(active), 1)
                 for b in shadowed:
                     if len(proposed[b]):
-                        self.shadow[b] = _Shadow(clean_draft(proposed[b], caps[b], self.eos), len(generated[b]))
+                        self.shadow[b] = self._shadow_of(proposed[b], caps[b], len(generated[b]))
                     proposed[b] = Draft(fresh=proposed[b].fresh)
             if self.controller is not None and self.use_trees:
                 for b in range(rows):
@@ -525,7 +529,7 @@ class SpeculativeLoop:
                         # the controller's chain model let the row draft, but this tree's nodes cost more than its
                         # deepest path is expected to save: a plain step, with the tree as its shadow
                         if self.shadows and self.shadow[b] is None:
-                            self.shadow[b] = _Shadow(clean_draft(tree, caps[b], self.eos), len(generated[b]))
+                            self.shadow[b] = self._shadow_of(tree, caps[b], len(generated[b]))
                         proposed[b] = Draft(fresh=tree.fresh)
             drafts = [clean_draft(proposed[b], limits[b], self.eos) if active[b] else Draft() for b in range(rows)]
             for b in range(rows):
