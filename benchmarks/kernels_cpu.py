@@ -80,8 +80,8 @@ class FixedSession:
         self.out = out
         self.batch_size = out.shape[0]
 
-    def append(self, block: torch.Tensor) -> torch.Tensor:
-        return self.out[:, : block.shape[1]]
+    def append(self, block: torch.Tensor | list[list[int]]) -> torch.Tensor:
+        return self.out[:, : len(block[0])]
 
 
 class Drafter:

@@ -77,12 +77,8 @@ def _word(x: torch.Tensor | int, shift: int = 0) -> torch.Tensor:
 def stream_key(seed: torch.Tensor | int, row: torch.Tensor | int, position: torch.Tensor | int) -> torch.Tensor:
     """The 32-bit key of one (seed, row, position) stream, as int64; arguments broadcast."""
     if _on_cpu(seed, row, position):
-        parts = [torch.as_tensor(v, dtype=torch.int64) for v in (seed, row, position)]
-        if all(t.numel() <= 8 for t in parts):  # a few streams (a step's rows): Python ints beat numpy's call cost
-            seeds, rows, positions = torch.broadcast_tensors(*parts)
-            return torch.tensor([_key_int(*v) for v in zip(seeds.reshape(-1).tolist(), rows.reshape(-1).tolist(),
-                                                           positions.reshape(-1).tolist())],
-                                dtype=torch.int64).reshape(seeds.shape)
+        if all(not torch.is_tensor(v) or v.numel() <= 8 for v in (seed, row, position)):
+            return torch.from_numpy(stream_words(seed, row, position).astype(np.int64))
         with np.errstate(over="ignore"):
             h = _mix32_np(_u32(seed) ^ np.uint32(SALT))
             h = _mix32_np(h ^ _u32(seed, 32))
@@ -92,6 +88,15 @@ def stream_key(seed: torch.Tensor | int, row: torch.Tensor | int, position: torc
     h = mix32(h ^ _word(seed, 32))
     h = mix32(h ^ _word(row))
     return mix32(h ^ _word(position))
+
+
+def stream_words(seed: torch.Tensor | int, row: torch.Tensor | int, position: torch.Tensor | int) -> np.ndarray:
+    """:func:`stream_key` of a few CPU streams (a step's rows) as uint32 words, on Python ints: after a forward pass
+    has evicted their code from the caches, every tensor call costs tens of microseconds, so few are made."""
+    values = [np.array(v.tolist() if torch.is_tensor(v) else int(v), dtype=object) for v in (seed, row, position)]
+    seeds, rows, positions = np.broadcast_arrays(*values)
+    keys = [_key_int(int(a), int(b), int(c)) for a, b, c in zip(seeds.flat, rows.flat, positions.flat)]
+    return np.array(keys, dtype=np.uint32).reshape(seeds.shape)
 
 
 def _mix32_int(x: int) -> int:
@@ -158,14 +163,22 @@ def _weyl_lanes(vocab: int) -> np.ndarray:
 
 
 def _race_dense_cpu(weights: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """:func:`race_argmax` over every lane of every row at once (CPU): no index lists, one argmax. The words stay
-    numpy uint32 until they are uniforms (the int64 emulation would cost three times as much here)."""
+    """:func:`race_argmax` over every lane of every row at once (CPU): :func:`race_dense_np`."""
+    return torch.from_numpy(race_dense_np(weights.to(torch.float32).numpy(), _u32(keys)))
+
+
+def race_dense_np(weights: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """:func:`race_argmax` of float32 ``weights`` ``(n, V)`` (``w >= 0``) on the uint32 stream ``keys`` ``(n,)``,
+    every lane at once, in numpy (int64 ``(n,)``): no index lists, one argmax, and few calls. The words stay uint32
+    until they are uniforms (the int64 emulation would cost three times as much here); the logarithm is torch's."""
     n, vocab = weights.shape
-    words = _lane_bits_np(_u32(keys)[:, None], _weyl_lanes(vocab)[None, :])
-    values = weights.to(torch.float32) / exponential(words)  # w >= 0 and E > 0: lanes without weight give 0
-    first = torch.from_numpy(np.argmax(values.numpy(), axis=1))  # the first index of the maximum (torch's is slower)
-    best = values.gather(1, first.unsqueeze(1)).squeeze(1)
-    return torch.where(best > 0, first, torch.full_like(first, -1))
+    with np.errstate(over="ignore"):
+        words = _lane_bits_np(keys.reshape(n, 1), _weyl_lanes(vocab)[None, :])
+    values = exponential(words).numpy()
+    np.divide(weights, values, out=values)  # w >= 0 and E > 0: lanes without weight give 0
+    first = np.argmax(values, axis=1)  # the first index of the maximum
+    best = values[np.arange(n), first]
+    return np.where(best > 0, first, -1).astype(np.int64)
 
 
 def bits(seed: torch.Tensor | int, row: torch.Tensor | int, position: torch.Tensor | int,

@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import torch
 
 from . import rng
 from .residual import residual_weights
-from .warp import (as_rows, host_checkable, inverse_temperature_rows, normalised, reciprocal, top_p_rows,
-                   warp_rows)
+from .warp import (as_rows, host_checkable, inverse_temperature_rows, normalised, reciprocal, temperature_weights_cpu,
+                   top_p_rows, warp_rows)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,10 +209,24 @@ def sample_reference(logits: torch.Tensor, seeds: torch.Tensor | int, offsets: t
     check_settings(temperature, top_p, min_p)
     if n == 0:
         return torch.zeros(0, dtype=torch.int64, device=dev)
+    rows = torch.arange(n) if rows is None else rows
+    offsets = 0 if offsets is None else offsets
+    if dev.type == "cpu" and n <= 8 and not torch.is_tensor(temperature) and _plain(top_k, top_p, min_p, vocab):
+        weights = temperature_weights_cpu(logits, float(temperature))
+        if weights is not None:
+            words = np.broadcast_to(rng.stream_words(seeds, rows, offsets).reshape(-1), (n,))
+            return torch.from_numpy(rng.race_dense_np(weights, words))
+    keys = rng.stream_key(seeds, rows, offsets)
+    keys = keys.expand(n) if keys.dim() == 0 else keys
     warped = warp_rows(logits, inverse_temperature_rows(temperature, n, dev), as_rows(top_k, n, torch.int64, dev,
                        "top_k"), top_p_rows(top_p, n, dev), as_rows(min_p, n, torch.float32, dev, "min_p"))
-    keys = rng.stream_key(seeds, torch.arange(n) if rows is None else rows, 0 if offsets is None else offsets)
-    return rng.race_argmax(normalised(warped.mass, warped.stats.z), keys.expand(n) if keys.dim() == 0 else keys)
+    return rng.race_argmax(normalised(warped.mass, warped.stats.z), keys)
+
+
+def _plain(top_k: torch.Tensor | int, top_p: torch.Tensor | float, min_p: torch.Tensor | float, vocab: int) -> bool:
+    """Whether these settings (numbers) leave every token in: temperature alone warps."""
+    return not any(torch.is_tensor(v) for v in (top_k, top_p, min_p)) and not 0 < int(top_k) < vocab and \
+        float(top_p) >= 1.0 and float(min_p) <= 0.0
 
 
 def _sampled_rows(a: ChainArgs, idx: torch.Tensor, keys: torch.Tensor,

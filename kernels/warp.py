@@ -156,6 +156,26 @@ def warp_rows(logits: torch.Tensor, inv_t: torch.Tensor, top_k: torch.Tensor, to
     return Warped(WarpStats(m=m, thr=thr, cut=cut, z=mass.sum(dim=1)), mass)
 
 
+def temperature_weights_cpu(logits: torch.Tensor, temperature: float) -> np.ndarray | None:
+    """``normalised(mass, z)`` of :func:`warp_rows` for one plain temperature (no top-k, top-p or min-p) on the CPU,
+    as a float32 numpy array: the same float32 operations in the same order (numpy's multiply, maximum, subtract and
+    divide round as torch's do; ``exp`` and the row sums stay torch's), in place, so the same bits in a fraction of
+    the calls. The CPU's plain sampling step runs this once per token, after a forward pass has evicted the code of
+    every call from the caches, so the number of calls is its cost. None where a row has no finite maximum
+    (:func:`warp_rows` handles those)."""
+    n = logits.shape[0]
+    x = logits.detach().to(torch.float32).numpy()
+    t = np.float32(temperature)
+    s = x * (np.float32(1.0) / t)
+    m = s.max(axis=1, keepdims=True)
+    if not np.isfinite(m).all():
+        return None
+    s -= m
+    z = torch.from_numpy(s).exp_().sum(dim=1).numpy()  # z >= 1: the maximum's term is exp(0)
+    s *= (np.float32(1.0) / z).reshape(n, 1)
+    return s
+
+
 def _thresholds(s: torch.Tensor, e: torch.Tensor, m: torch.Tensor, use_k: torch.Tensor, top_k: torch.Tensor,
                 use_p: torch.Tensor, top_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-k then top-p (module docstring) by ``topk`` and a sort of values instead of radix searches.

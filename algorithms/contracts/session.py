@@ -38,6 +38,10 @@ class ModelSession(abc.ABC):
     #: ``c0 + c1 * w + cb * (w > 1)``, as a fixed hint (speculative decoding sizes drafts with it where it must not
     #: depend on timings); None: unknown
     forward_cost: tuple[float, ...] | None = None
+    #: the widest block ``append`` is known to compute with the logits one-token steps give (llama.cpp takes other
+    #: matrix kernels for wide blocks on some CPUs: AVX-512 ones from 64 tokens); speculative verification feeds no
+    #: wider block, so greedy speculation stays exact. None: any width
+    max_block: int | None = None
 
     @property
     @abc.abstractmethod
@@ -122,6 +126,22 @@ def tree_depths(parents: Sequence[int]) -> list[int]:
             raise ValueError(f"node {i} has parent {p}: parents must come before their children (or be -1)")
         depths.append(1 if p < 0 else depths[p] + 1)
     return depths
+
+
+def token_rows(tokens: torch.Tensor | Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+    """:func:`as_token_block` as lists of ints, for sessions that feed the runtime lists: lists are checked as they
+    are, without a round trip through a tensor."""
+    if isinstance(tokens, torch.Tensor):
+        return as_token_block(tokens, batch_size).tolist()
+    items = list(tokens)
+    if items and not isinstance(items[0], (Sequence, torch.Tensor)) and not hasattr(items[0], "__len__"):
+        items = [items]  # one row, given flat
+    rows = [[int(t) for t in row] for row in items]
+    widths = sorted({len(r) for r in rows})
+    if len(rows) != batch_size or len(widths) != 1 or widths[0] < 1:
+        raise ValueError(f"expected a token block of shape ({batch_size}, k>=1), got {len(rows)} rows of lengths "
+                         f"{widths}")
+    return rows
 
 
 def as_token_block(tokens: torch.Tensor | Sequence[Sequence[int]], batch_size: int) -> torch.Tensor:

@@ -222,16 +222,13 @@ class SpeculativeLoop:
         self.generated: list[list[int]] = []
 
     # -- verification of one step ----------------------------------------------------------------------------------
-    def _block(self, rows: Sequence[list[int]]) -> tuple[torch.Tensor | None, int]:
+    def _block(self, rows: Sequence[list[int]]) -> tuple[list[list[int]] | None, int]:
+        """The rows padded to one width (a row's last token repeated; an empty row is padding), as lists: sessions
+        take lists, and building a tensor here would cost more calls than the lists do."""
         width = max((len(r) for r in rows), default=0)
         if width == 0:
             return None, 0
-        block = torch.full((len(rows), width), self.pad, dtype=torch.long)
-        for i, r in enumerate(rows):
-            if r:
-                block[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-                block[i, len(r):] = r[-1]
-        return block, width
+        return [r + [r[-1]] * (width - len(r)) if r else [self.pad] * width for r in rows], width
 
     def _forward(self, prev: torch.Tensor, rows: Sequence[list[int]]) -> tuple[_Logits, int]:
         block, width = self._block(rows)
@@ -257,7 +254,8 @@ class SpeculativeLoop:
             if self.greedy:
                 chosen = [int(seq.row(b, len(pending[b])).argmax()) for b in live]
             else:
-                chosen = sample_at(torch.stack([seq.row(b, len(pending[b])) for b in live]), self.sampling,
+                at = [seq.row(b, len(pending[b])) for b in live]
+                chosen = sample_at(at[0].unsqueeze(0) if len(at) == 1 else torch.stack(at), self.sampling,
                                    seed=self.seed, offsets=torch.tensor([len(self.generated[b]) for b in live]),
                                    rows=torch.tensor(live)).tolist()
             for b, token in zip(live, chosen):
@@ -503,6 +501,9 @@ class SpeculativeLoop:
             if not any(active):
                 break
             caps = [max(0, ctx.max_new_tokens - len(generated[b]) - 1) if active[b] else 0 for b in range(rows)]
+            widest = getattr(session, "max_block", None)  # ModelSession.max_block; duck-typed sessions lack it
+            if widest is not None:  # a block is the pending tokens and the draft
+                caps = [max(0, min(caps[b], widest - len(pending[b]))) for b in range(rows)]
             limits = caps
             if self.controller is not None:
                 limits = [self._draft_limit(b, caps[b], len(pending[b])) if active[b] else 0 for b in range(rows)]

@@ -16,6 +16,7 @@ accepted, so seeded runs repeat.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 import numpy as np
@@ -194,10 +195,16 @@ class DraftLengthController:
         best, best_time = 0, cost_of(model, pending)
         expected = 1.0
         term = 1.0
+        # no draft of length >= k emits more than 1 / (1 - a) tokens on average and none costs less than length k:
+        # once cost(k) / (1 - a)^-1 is no better than the best, no longer draft is either
+        most = 1.0 / (1.0 - a) if a < 1.0 else math.inf
         for k in range(1, cap + 1):
+            cost = cost_of(model, pending + k)
+            if cost / most >= best_time:
+                break
             term *= a
             expected += term
-            per_token = cost_of(model, pending + k) / expected
+            per_token = cost / expected
             if per_token < best_time - 1e-12:
                 best, best_time = k, per_token
         if best == 0 and not self.shadows:

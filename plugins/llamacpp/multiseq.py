@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from anydecode.algorithms.contracts.errors import RuntimeAdapterError
-from anydecode.algorithms.contracts.session import TokenRowsSession, as_token_block
+from anydecode.algorithms.contracts.session import TokenRowsSession, token_rows
 
 from ._runtime import check_llama, import_llama_cpp
 
@@ -121,7 +121,7 @@ class MultiSequenceSession(TokenRowsSession):
         return torch.stack(out)
 
     def append(self, tokens: torch.Tensor | Sequence[Sequence[int]]) -> torch.Tensor:
-        block = as_token_block(tokens, self.batch_size).tolist()
+        block = token_rows(tokens, self.batch_size)
         k = len(block[0])
         items = [(row, int(t), True) for row in range(self.batch_size) for t in block[row]]
         logits = self._decode(items)

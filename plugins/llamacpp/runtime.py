@@ -180,8 +180,9 @@ class LlamaCppRuntime(Runtime):
         return {"native-greedy": native(handle), "native-greedy-default": plain, "native-prompt-lookup": prompt_lookup}
 
     def greedy_parting_gap(self, handle: Any) -> float:
-        """Twice the largest logit difference between one block forward and one-token forwards over the same
-        tokens, measured on this model and machine (0 with flash attention on, llama.cpp's CPU default here)."""
+        """Twice the largest logit difference between one block forward as wide as speculation feeds
+        (``LlamaSession.max_block``) and one-token forwards over the same tokens, measured on this model and
+        machine (0 with flash attention on, llama.cpp's CPU default here)."""
         gap = _PARTING_GAPS.get(id(handle))
         if gap is None:
             gap = _PARTING_GAPS[id(handle)] = 2.0 * block_logit_difference(handle)
@@ -205,7 +206,7 @@ _PARTING_GAPS: dict[int, float] = {}
 
 
 def block_logit_difference(llm: Any, text: str = "The quick brown fox jumps over the lazy dog. It was",
-                           n: int = 8) -> float:
+                           n: int = LlamaSession.max_block) -> float:
     """The largest absolute difference between the logits of ``n`` tokens fed as one block and fed one at a time
     (the greedy continuation of ``text``); resets the Llama's context."""
     import numpy as np

@@ -1,4 +1,4 @@
-"""Model session over a llama-cpp-python ``Llama``: one sequence, prefix reuse, rollback by ``n_tokens``.
+"""Model session over a llama-cpp-python ``Llama``: one sequence, rollback by ``n_tokens``.
 
 A block is decoded in one ``llama_decode`` call with logits requested at every position (so a draft is verified
 in one pass even when the Llama was built without ``logits_all``); a single token asks for one row of logits,
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from anydecode.algorithms.contracts.errors import ContextFull, RuntimeAdapterError
-from anydecode.algorithms.contracts.session import ModelSession, as_token_block
+from anydecode.algorithms.contracts.session import ModelSession, token_rows
 
 from ._runtime import check_llama, import_llama_cpp
 
@@ -25,6 +25,9 @@ class LlamaSession(ModelSession):
     #: forward: a block of several tokens takes another kernel path, so it costs a step of its own (``cb``); the
     #: controller replaces the prior with what it measures
     forward_cost = (0.63, 0.37, 0.43)
+    #: blocks of up to this many tokens give one-token logits with flash attention on the CPUs measured (an AVX-512
+    #: EPYC differs from 64 tokens up: another matrix kernel); ``greedy_parting_gap`` measures this width
+    max_block = 32
 
     def __init__(self, llm):
         check_llama(llm)
@@ -50,25 +53,23 @@ class LlamaSession(ModelSession):
         return [int(t) for t in self.llm.input_ids[: self.llm.n_tokens]]
 
     def start(self, prompt: Sequence[int]) -> torch.Tensor:
-        """Put ``prompt`` in the context (reusing the longest common prefix already there); logits ``(1, V)``."""
+        """Put ``prompt`` in the context, prefilled from its first token; logits ``(1, V)``.
+
+        A prefix already in the context is not reused: its cached keys and values may come from other kernels
+        than a prefill's (one-token steps, or a block of another width), which moves logits enough to change a
+        near-tie, so a call's output would depend on the calls before it (docs/runtimes/llamacpp-numerics.md)."""
         prompt = [int(t) for t in prompt]
         if not prompt:
             raise RuntimeAdapterError("the prompt is empty: llama.cpp needs at least one token")
         if len(prompt) >= self.capacity:
             raise RuntimeAdapterError(f"prompt of {len(prompt)} tokens does not fit the context of {self.capacity} "
                                       "tokens (n_ctx): shorten it or load the model with a larger n_ctx")
-        held = self.llm.input_ids[: self.llm.n_tokens]
-        keep = 0
-        for a, b in zip(held, prompt[:-1]):
-            if int(a) != b:
-                break
-            keep += 1
-        self.llm.n_tokens = keep
+        self.llm.n_tokens = 0
         self.prompt_length = len(prompt)
-        return self._decode(prompt[keep:], all_logits=False)
+        return self._decode(prompt, all_logits=False)
 
     def append(self, tokens: torch.Tensor | Sequence[Sequence[int]]) -> torch.Tensor:
-        block = as_token_block(tokens, 1)[0].tolist()
+        block = token_rows(tokens, 1)[0]
         if self.llm.n_tokens + len(block) > self.capacity:
             raise ContextFull(f"context full: {self.llm.n_tokens} + {len(block)} tokens exceed {self.capacity}")
         logits = self._decode(block, all_logits=len(block) > 1)

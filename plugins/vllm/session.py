@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from anydecode.algorithms.contracts.errors import RuntimeAdapterError
-from anydecode.algorithms.contracts.session import TokenRowsSession, as_token_block
+from anydecode.algorithms.contracts.session import TokenRowsSession, token_rows
 
 
 #: runs one engine step: ``(token-id prompts, SamplingParams) -> RequestOutputs`` in the same order
@@ -90,10 +90,10 @@ class VLLMSession(TokenRowsSession):
         return self._step(1)[:, -1]
 
     def append(self, tokens: torch.Tensor | Sequence[Sequence[int]]) -> torch.Tensor:
-        block = as_token_block(tokens, self.batch_size)
-        for row, new in zip(self.rows, block.tolist()):
-            row.extend(int(t) for t in new)
-        return self._step(block.shape[1])
+        block = token_rows(tokens, self.batch_size)
+        for row, new in zip(self.rows, block):
+            row.extend(new)
+        return self._step(len(block[0]))
 
     def truncate(self, length: int) -> None:
         if not 1 <= length <= self.length:

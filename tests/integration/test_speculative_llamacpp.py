@@ -72,6 +72,18 @@ def test_greedy_speculation_matches_llama_cpp_greedy(llm):
     assert all(gap <= allowed for gap in gaps), (gaps, allowed)
 
 
+def test_an_output_does_not_depend_on_what_the_context_held_before(llm):
+    """The same call twice gives the same tokens, whatever the context held: a prompt is prefilled from its first
+    token, never continued from a cached prefix whose keys and values other kernels computed (here the second
+    greedy run of the third editing prompt parted at its 13th token when the cached prompt was reused)."""
+    llm.reset()
+    first = [L.generate(llm, p, decoder="greedy", max_new_tokens=MAX_NEW, chat=True).token_ids for p in EDITING]
+    again = [L.generate(llm, p, decoder="greedy", max_new_tokens=MAX_NEW, chat=True).token_ids for p in EDITING]
+    repeated = [L.generate(llm, p, decoder="greedy", max_new_tokens=MAX_NEW, chat=True).token_ids
+                for p in EDITING for _ in range(2)][1::2]
+    assert again == first and repeated == first
+
+
 def test_block_and_one_token_logits_agree_with_flash_attention(llm):
     """The cause of partings, measured: with flash attention off, llama.cpp's attention takes another path for a
     block than for one token and the logits differ (reported, not bounded: it depends on the CPU); with it on

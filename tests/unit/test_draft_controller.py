@@ -227,3 +227,48 @@ def test_a_tree_drafts_only_where_its_deepest_path_pays_for_all_its_nodes():
     assert controller.pays(0, 4, 4, 1)
     controller.hits[0], controller.trials[0] = 8.0, 10.0
     assert controller.pays(0, 16, 6, 1)
+
+
+def test_the_draft_length_is_the_best_of_every_length_up_to_the_cap():
+    """``limit`` stops its scan where no longer draft can pay; what it returns is still the length with the least
+    modelled time per emitted token among all of ``0..cap`` (the scan written out in full here)."""
+    from anydecode.algorithms.speculative.schedule import DraftLengthController, cost_of
+
+    def best_of_all(model, a, cap, pending):
+        best, best_time, expected, term = 0, cost_of(model, pending), 1.0, 1.0
+        for k in range(1, cap + 1):
+            term *= a
+            expected += term
+            if cost_of(model, pending + k) / expected < best_time - 1e-12:
+                best, best_time = k, cost_of(model, pending + k) / expected
+        return best
+
+    rng = np.random.default_rng(4)
+    chosen = set()
+    for _ in range(3000):
+        c1 = float(rng.choice([0.0, 1e-4, 0.01, 0.08, 0.4, 1.0]) * rng.uniform(0.5, 1))
+        model = (float(rng.uniform(0.2, 1.0)), c1, float(rng.choice([0.0, 0.05, 0.4])))
+        controller = DraftLengthController(1, fixed_cost=model, shadows=True)
+        a = float(rng.choice([0.0, 0.1, 0.5, 0.8, 0.95, 0.99, 0.999]))
+        controller.hits[0], controller.trials[0] = 100.0 * a, 100.0
+        cap, pending = int(rng.integers(0, 300)), int(rng.integers(0, 3))
+        got = controller.limit(0, cap, pending)
+        assert got == best_of_all(model, controller.acceptance(0), cap, pending)
+        chosen.add(got)
+    assert len(chosen) > 20  # short, long and no drafts all came up
+
+
+def test_no_block_is_wider_than_the_session_computes_exactly(monkeypatch):
+    """A session that states ``max_block`` (llama.cpp: wider blocks take other kernels on some CPUs) is never fed a
+    wider block, pending tokens and draft together, however long the drafts the controller would like; the output
+    is still greedy's."""
+    clock = Clock()
+    monkeypatch.setattr(decode_module, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    model, source = copy_model(0)
+    ctx = toy_context(model, [source], 96)
+    ctx.session = ScriptedSession(model, [source], clock, lambda w: 1.0 + 0.001 * w)
+    ctx.session.max_block = 5
+    dec = anydecode.get_decoder("iad")
+    result = dec.run(dec.configure({"source_ids": tuple(source), "max_draft_tokens": 64}), ctx)
+    assert max(ctx.session.widths) == 5
+    assert result.sequences[0][:95] == source[:95]

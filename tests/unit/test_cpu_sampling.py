@@ -1,0 +1,116 @@
+"""The CPU's plain sampling step (a temperature, nothing else): its few-call path against the written-out definition.
+
+``sample_tokens`` on the CPU takes a short path for plain temperature sampling (numpy for the arithmetic that
+rounds alike in both libraries, torch for ``exp``, ``log`` and the row sums): it must give the same bits as the
+general warp and the int64 definition of the generator, not merely the same distribution, because coupled
+verification relies on a plain step and a verified position drawing the same token.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from anydecode import kernels
+from anydecode.algorithms.contracts.session import token_rows
+from anydecode.kernels import rng
+from anydecode.kernels.warp import (as_rows, inverse_temperature_rows, normalised, temperature_weights_cpu,
+                                    top_p_rows, warp_rows)
+
+TEMPERATURES = [0.3, 0.7, 1.0, 1.9]
+
+
+def logit_cases() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    cases = [torch.randn(n, vocab, generator=g) * scale
+             for n, vocab, scale in [(1, 49152, 4.0), (3, 49152, 9.0), (2, 5000, 1.0), (4, 97, 20.0), (1, 2, 0.1)]]
+    tied = torch.randint(-3, 4, (2, 3000), generator=g).float()
+    holes = torch.randn(2, 4000, generator=g) * 3
+    holes[torch.rand(holes.shape, generator=g) < 0.3] = float("-inf")
+    return cases + [tied, holes, (torch.randn(2, 4096, generator=g) * 5).to(torch.bfloat16),
+                    (torch.randn(1, 4096, generator=g) * 5).half()]
+
+
+def warped_weights(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The general path: ``warp_rows`` with no top-k, top-p or min-p, then ``normalised``."""
+    n, dev = logits.shape[0], logits.device
+    w = warp_rows(logits, inverse_temperature_rows(temperature, n, dev), as_rows(0, n, torch.int64, dev, "top_k"),
+                  top_p_rows(1.0, n, dev), as_rows(0.0, n, torch.float32, dev, "min_p"))
+    return normalised(w.mass, w.stats.z)
+
+
+@pytest.mark.parametrize("temperature", TEMPERATURES)
+def test_plain_temperature_weights_are_the_warps_bit_for_bit(temperature):
+    for logits in logit_cases():
+        fast = temperature_weights_cpu(logits, temperature)
+        assert fast is not None
+        assert torch.equal(torch.from_numpy(fast), warped_weights(logits, temperature))
+
+
+def test_a_row_without_a_finite_logit_leaves_the_short_path():
+    logits = torch.tensor([[0.0, 1.0, 2.0], [float("-inf")] * 3])
+    assert temperature_weights_cpu(logits, 0.7) is None
+    token = kernels.sample_tokens(logits, seeds=1, offsets=torch.tensor([4, 4]), temperature=0.7)
+    assert token[1] == -1 and 0 <= token[0] < 3
+
+
+def defined_race(weights: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """The race as the module docstring defines it, on torch's int64 words (no numpy): first index of the largest
+    ``w / E``, -1 where that is not positive."""
+    lanes = torch.arange(weights.shape[1])
+    word = rng.mix32(keys.unsqueeze(1) ^ rng._mul32(lanes, rng.WEYL).unsqueeze(0))
+    e = -torch.log(((word >> 9) * 2 + 1).to(torch.float32) * (2.0 ** -24))
+    values = weights.to(torch.float32) / e
+    best = values.max(dim=1)
+    first = (values == best.values.unsqueeze(1)).to(torch.int8).argmax(dim=1)
+    return torch.where(best.values > 0, first, torch.full_like(first, -1))
+
+
+def test_the_dense_race_draws_the_defined_winner():
+    g = torch.Generator().manual_seed(5)
+    for vocab in (2, 777, 49152):
+        weights = torch.softmax(torch.randn(4, vocab, generator=g) * 3, dim=1)
+        weights[1, : vocab // 2] = 0.0
+        weights[3] = 0.0  # no weight: -1
+        for position in range(25):
+            keys = rng.stream_key(11, torch.arange(4), position)
+            got = torch.from_numpy(rng.race_dense_np(weights.numpy(), rng._u32(keys)))
+            assert torch.equal(got, defined_race(weights, keys))
+            assert got[3] == -1
+
+
+@pytest.mark.parametrize("temperature", TEMPERATURES)
+def test_plain_sampling_on_the_cpu_draws_the_general_paths_token(temperature):
+    """A tensor temperature takes the general path (warp, normalise, race over every lane)."""
+    for logits in logit_cases():
+        n = logits.shape[0]
+        for position in range(0, 60, 7):
+            kw = dict(seeds=2**40 + 9, offsets=torch.full((n,), position), rows=torch.arange(n))
+            fast = kernels.sample_tokens(logits, temperature=temperature, **kw)
+            general = kernels.sample_tokens(logits, temperature=torch.tensor(temperature), **kw)
+            assert torch.equal(fast, general)
+
+
+def defined_key(seed, row, position) -> torch.Tensor:
+    h = rng.mix32(rng._word(seed) ^ rng.SALT)
+    h = rng.mix32(h ^ rng._word(seed, 32))
+    h = rng.mix32(h ^ rng._word(row))
+    return rng.mix32(h ^ rng._word(position))
+
+
+@pytest.mark.parametrize("seed,row,position", [
+    (0, 0, 0), (2**40 + 7, torch.arange(3), torch.tensor([5, 6, 7])), (-5, torch.tensor(2), 2**33 + 1),
+    (torch.tensor([1, 2**63 - 1]), 3, torch.tensor([[1], [2]])), (7, torch.arange(8), 9)])
+def test_few_stream_keys_are_the_int64_definition(seed, row, position):
+    want = defined_key(torch.as_tensor(seed), torch.as_tensor(row), torch.as_tensor(position))
+    assert torch.equal(rng.stream_key(seed, row, position), want)
+    assert np.array_equal(rng.stream_words(seed, row, position).astype(np.int64), want.numpy())
+
+
+def test_token_rows_take_lists_and_tensors_and_name_a_bad_shape():
+    assert token_rows([[1, 2], [3, 4]], 2) == [[1, 2], [3, 4]]
+    assert token_rows([5, 6, 7], 1) == [[5, 6, 7]]
+    assert token_rows(torch.tensor([[1, 2]]), 1) == [[1, 2]]
+    for bad, rows in (([[1, 2], [3]], 2), ([[1]], 2), ([[]], 1)):
+        with pytest.raises(ValueError, match=r"expected a token block of shape \(\d+, k>=1\)"):
+            token_rows(bad, rows)
