@@ -76,6 +76,8 @@ def _word(x: torch.Tensor | int, shift: int = 0) -> torch.Tensor:
 
 def stream_key(seed: torch.Tensor | int, row: torch.Tensor | int, position: torch.Tensor | int) -> torch.Tensor:
     """The 32-bit key of one (seed, row, position) stream, as int64; arguments broadcast."""
+    seed, row, position = (v if isinstance(v, int) or torch.is_tensor(v) else torch.as_tensor(v, dtype=torch.int64)
+                           for v in (seed, row, position))  # lists, numpy arrays and scalars
     if _on_cpu(seed, row, position):
         if all(not torch.is_tensor(v) or v.numel() <= 8 for v in (seed, row, position)):
             return torch.from_numpy(stream_words(seed, row, position).astype(np.int64))
@@ -93,10 +95,18 @@ def stream_key(seed: torch.Tensor | int, row: torch.Tensor | int, position: torc
 def stream_words(seed: torch.Tensor | int, row: torch.Tensor | int, position: torch.Tensor | int) -> np.ndarray:
     """:func:`stream_key` of a few CPU streams (a step's rows) as uint32 words, on Python ints: after a forward pass
     has evicted their code from the caches, every tensor call costs tens of microseconds, so few are made."""
-    values = [np.array(v.tolist() if torch.is_tensor(v) else int(v), dtype=object) for v in (seed, row, position)]
+    values = [np.array(v.tolist() if torch.is_tensor(v) else _int64(v), dtype=object) for v in (seed, row, position)]
     seeds, rows, positions = np.broadcast_arrays(*values)
     keys = [_key_int(int(a), int(b), int(c)) for a, b, c in zip(seeds.flat, rows.flat, positions.flat)]
     return np.array(keys, dtype=np.uint32).reshape(seeds.shape)
+
+
+def _int64(value: int) -> int:
+    """An int that torch would hold as int64 (the tensor path refuses larger ones too)."""
+    value = int(value)
+    if not -(1 << 63) <= value < (1 << 63):
+        raise OverflowError(f"{value} does not fit in a signed 64-bit integer (seeds, rows and positions must)")
+    return value
 
 
 def _mix32_int(x: int) -> int:
@@ -173,9 +183,10 @@ def race_dense_np(weights: np.ndarray, keys: np.ndarray) -> np.ndarray:
     until they are uniforms (the int64 emulation would cost three times as much here); the logarithm is torch's."""
     n, vocab = weights.shape
     with np.errstate(over="ignore"):
-        words = _lane_bits_np(keys.reshape(n, 1), _weyl_lanes(vocab)[None, :])
+        words = _lane_bits_np(keys.reshape(-1, 1), _weyl_lanes(vocab)[None, :])  # one key may serve every row
     values = exponential(words).numpy()
-    np.divide(weights, values, out=values)  # w >= 0 and E > 0: lanes without weight give 0
+    # w >= 0 and E > 0: lanes without weight give 0
+    values = np.divide(weights, values, out=values) if values.shape == weights.shape else weights / values
     first = np.argmax(values, axis=1)  # the first index of the maximum
     best = values[np.arange(n), first]
     return np.where(best > 0, first, -1).astype(np.int64)

@@ -100,7 +100,8 @@ def inverse_temperature_rows(value: torch.Tensor | float, rows: int, device: tor
     """:func:`inverse_temperature` of a per-row setting (a number is inverted once, in float32, on the host)."""
     if torch.is_tensor(value):
         return inverse_temperature(as_rows(value, rows, torch.float32, device, "temperature"))
-    t = np.float32(value)
+    with np.errstate(over="ignore"):  # a temperature beyond float32 is inf: an inverse of 0, as on tensors
+        t = np.float32(value)
     return torch.full((rows,), float(np.float32(1.0) / t) if t > 0 else 0.0, dtype=torch.float32, device=device)
 
 
@@ -163,16 +164,18 @@ def temperature_weights_cpu(logits: torch.Tensor, temperature: float) -> np.ndar
     the calls. The CPU's plain sampling step runs this once per token, after a forward pass has evicted the code of
     every call from the caches, so the number of calls is its cost. None where a row has no finite maximum
     (:func:`warp_rows` handles those)."""
-    n = logits.shape[0]
-    x = logits.detach().to(torch.float32).numpy()
-    t = np.float32(temperature)
-    s = x * (np.float32(1.0) / t)
-    m = s.max(axis=1, keepdims=True)
-    if not np.isfinite(m).all():
-        return None
-    s -= m
-    z = torch.from_numpy(s).exp_().sum(dim=1).numpy()  # z >= 1: the maximum's term is exp(0)
-    s *= (np.float32(1.0) / z).reshape(n, 1)
+    n, vocab = logits.shape
+    with np.errstate(all="ignore"):  # overflow to inf is the float32 arithmetic torch does silently too
+        inv = np.float32(1.0) / np.float32(temperature)
+        if vocab == 0 or not (np.isfinite(inv) and inv > 0):  # (warp_rows reads an inverse of 0 as greedy)
+            return None
+        s = logits.detach().to(torch.float32).numpy() * inv
+        m = s.max(axis=1, keepdims=True)
+        if not np.isfinite(m).all():
+            return None
+        s -= m
+        z = torch.from_numpy(s).exp_().sum(dim=1).numpy()  # z >= 1: the maximum's term is exp(0)
+        s *= (np.float32(1.0) / z).reshape(n, 1)
     return s
 
 

@@ -134,8 +134,8 @@ def token_rows(tokens: torch.Tensor | Sequence[Sequence[int]], batch_size: int) 
     if isinstance(tokens, torch.Tensor):
         return as_token_block(tokens, batch_size).tolist()
     items = list(tokens)
-    if items and not isinstance(items[0], (Sequence, torch.Tensor)) and not hasattr(items[0], "__len__"):
-        items = [items]  # one row, given flat
+    if items and (getattr(items[0], "ndim", None) == 0 or not hasattr(items[0], "__len__")):
+        items = [items]  # one row, given flat (ints, 0-d tensors or numpy scalars)
     rows = [[int(t) for t in row] for row in items]
     widths = sorted({len(r) for r in rows})
     if len(rows) != batch_size or len(widths) != 1 or widths[0] < 1:

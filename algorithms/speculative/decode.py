@@ -502,8 +502,10 @@ class SpeculativeLoop:
                 break
             caps = [max(0, ctx.max_new_tokens - len(generated[b]) - 1) if active[b] else 0 for b in range(rows)]
             widest = getattr(session, "max_block", None)  # ModelSession.max_block; duck-typed sessions lack it
-            if widest is not None:  # a block is the pending tokens and the draft
-                caps = [max(0, min(caps[b], widest - len(pending[b]))) for b in range(rows)]
+            if widest is not None:
+                # a block is the pending tokens and the draft, and a row that accepts its whole draft while another
+                # row accepts nothing carries all of it and its next token as pending into the next block
+                caps = [max(0, min(caps[b], widest - 1 - len(pending[b]))) for b in range(rows)]
             limits = caps
             if self.controller is not None:
                 limits = [self._draft_limit(b, caps[b], len(pending[b])) if active[b] else 0 for b in range(rows)]

@@ -197,7 +197,7 @@ class DraftLengthController:
         term = 1.0
         # no draft of length >= k emits more than 1 / (1 - a) tokens on average and none costs less than length k:
         # once cost(k) / (1 - a)^-1 is no better than the best, no longer draft is either
-        most = 1.0 / (1.0 - a) if a < 1.0 else math.inf
+        most = 1.0 / (1.0 - a) if a < 1.0 and min(model[1:]) >= 0.0 else math.inf  # (a hint may hold c1 < 0)
         for k in range(1, cap + 1):
             cost = cost_of(model, pending + k)
             if cost / most >= best_time:

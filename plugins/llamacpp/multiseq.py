@@ -25,6 +25,7 @@ from anydecode.algorithms.contracts.errors import RuntimeAdapterError
 from anydecode.algorithms.contracts.session import TokenRowsSession, token_rows
 
 from ._runtime import check_llama, import_llama_cpp
+from .session import LlamaSession
 
 #: contexts kept per Llama for reuse: (context, n_ctx, n_seq_max, n_batch)
 _CONTEXTS: weakref.WeakKeyDictionary[Any, tuple[Any, int, int, int]] = weakref.WeakKeyDictionary()
@@ -82,6 +83,9 @@ class MultiSequenceSession(TokenRowsSession):
         self.vocab_size = int(llm.n_vocab())
         self.eos_token_ids = frozenset({int(llm.token_eos())})
         self.max_rows = max_rows
+        # one llama_decode holds every row's block: kept within the width a single sequence's block may have
+        # (LlamaSession.max_block), so that speculation on several rows stays on the narrow kernels too
+        self.max_block = max(1, LlamaSession.max_block // max_rows)
         self.n_seq_max = 2 * max_rows  # room to copy every kept row to a fresh id before the old ones are dropped
         self.context, self.n_batch = _context_for(llm, n_ctx, self.n_seq_max)
         self.n_ctx = n_ctx

@@ -54,6 +54,25 @@ def test_a_row_without_a_finite_logit_leaves_the_short_path():
     assert token[1] == -1 and 0 <= token[0] < 3
 
 
+@pytest.mark.parametrize("temperature", [float("inf"), 1e39, 1e-46, 1e-30])
+def test_extreme_temperatures_draw_the_general_paths_token(temperature):
+    """An inverse temperature that rounds to 0 (the warp's greedy marker) or overflows leaves the short path."""
+    logits = logit_cases()[2]
+    with np.errstate(all="raise"):
+        fast = kernels.sample_tokens(logits, seeds=3, offsets=torch.tensor([5, 6]), temperature=temperature)
+    general = rng.race_argmax(warped_weights(logits, temperature), rng.stream_key(3, torch.arange(2),
+                                                                                 torch.tensor([5, 6])))
+    assert torch.equal(fast, general)
+
+
+def test_an_empty_vocabulary_and_one_key_for_several_rows():
+    assert kernels.sample_tokens(torch.zeros(2, 0), seeds=1, offsets=0, temperature=0.7).tolist() == [-1, -1]
+    logits = logit_cases()[1]
+    one = kernels.sample_tokens(logits, seeds=4, offsets=9, temperature=0.7, rows=torch.tensor([0]))
+    assert torch.equal(one, kernels.sample_tokens(logits, seeds=4, offsets=9, temperature=torch.tensor(0.7),
+                                                  rows=torch.tensor([0])))
+
+
 def defined_race(weights: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """The race as the module docstring defines it, on torch's int64 words (no numpy): first index of the largest
     ``w / E``, -1 where that is not positive."""
@@ -105,12 +124,20 @@ def test_few_stream_keys_are_the_int64_definition(seed, row, position):
     want = defined_key(torch.as_tensor(seed), torch.as_tensor(row), torch.as_tensor(position))
     assert torch.equal(rng.stream_key(seed, row, position), want)
     assert np.array_equal(rng.stream_words(seed, row, position).astype(np.int64), want.numpy())
+    as_lists = [v.tolist() if torch.is_tensor(v) else v for v in (seed, row, position)]
+    assert torch.equal(rng.stream_key(*as_lists), want)  # lists and numpy arrays as before
+
+
+def test_a_seed_beyond_64_bits_is_refused_as_on_every_device():
+    with pytest.raises(OverflowError, match="64-bit"):
+        rng.stream_key(2**64 + 5, 0, 0)
 
 
 def test_token_rows_take_lists_and_tensors_and_name_a_bad_shape():
     assert token_rows([[1, 2], [3, 4]], 2) == [[1, 2], [3, 4]]
     assert token_rows([5, 6, 7], 1) == [[5, 6, 7]]
     assert token_rows(torch.tensor([[1, 2]]), 1) == [[1, 2]]
+    assert token_rows([torch.tensor(5), np.int64(6)], 1) == [[5, 6]]
     for bad, rows in (([[1, 2], [3]], 2), ([[1]], 2), ([[]], 1)):
         with pytest.raises(ValueError, match=r"expected a token block of shape \(\d+, k>=1\)"):
             token_rows(bad, rows)

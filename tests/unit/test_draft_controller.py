@@ -245,6 +245,10 @@ def test_the_draft_length_is_the_best_of_every_length_up_to_the_cap():
 
     rng = np.random.default_rng(4)
     chosen = set()
+    # a cost hint whose block term falls with width (the scan cannot stop early there)
+    falling = DraftLengthController(1, fixed_cost=(1.0, 1.0, -1.5), shadows=True)
+    falling.hits[0], falling.trials[0] = 40.0, 100.0
+    assert falling.limit(0, 50, 0) == best_of_all((1.0, 1.0, -1.5), falling.acceptance(0), 50, 0) == 2
     for _ in range(3000):
         c1 = float(rng.choice([0.0, 1e-4, 0.01, 0.08, 0.4, 1.0]) * rng.uniform(0.5, 1))
         model = (float(rng.uniform(0.2, 1.0)), c1, float(rng.choice([0.0, 0.05, 0.4])))
@@ -270,5 +274,46 @@ def test_no_block_is_wider_than_the_session_computes_exactly(monkeypatch):
     ctx.session.max_block = 5
     dec = anydecode.get_decoder("iad")
     result = dec.run(dec.configure({"source_ids": tuple(source), "max_draft_tokens": 64}), ctx)
-    assert max(ctx.session.widths) == 5
+    assert max(ctx.session.widths) == 4  # the pending token and 3 drafts: the next step may carry all of them
     assert result.sequences[0][:95] == source[:95]
+
+
+def test_no_block_is_wider_than_the_session_computes_exactly_with_rows_apart():
+    """Two rows, one drafting nothing at the first step and one accepting its whole draft: the second row carries its
+    accepted tokens as pending into the next block, which must still fit ``max_block``."""
+    import torch
+
+    from anydecode.algorithms.contracts.config import SamplingConfig
+    from anydecode.algorithms.speculative.decode import SpeculativeLoop
+    from anydecode.algorithms.speculative.draft import Draft, Drafter
+
+    def dist(prefix):
+        p = np.full(50, 1e-6)
+        p[(prefix[-1] + 1) % 50] = 1.0
+        return p / p.sum()
+
+    class Widths(ToySession):
+        max_block = 5
+        widths: list[int] = []
+
+        def append(self, tokens):
+            out = super().append(tokens)
+            self.widths.append(out.shape[1])
+            return out
+
+    class SecondRowFirst(Drafter):
+        calls = 0
+
+        def propose(self, contexts, limits):
+            self.calls += 1
+            return [Draft() if b == 0 and self.calls == 1 else Draft([(c[-1] + 1 + i) % 50 for i in range(k)])
+                    for b, (c, k) in enumerate(zip(contexts, limits))]
+
+    model = ToyModel(50, default=dist)
+    prompts = [[1, 2, 3], [10, 11, 12]]
+    ctx = toy_context(model, prompts, 40)
+    ctx.session = Widths(model, prompts)
+    result = SpeculativeLoop(ctx, SecondRowFirst(), SamplingConfig(), cost_aware=False).run()
+    assert max(Widths.widths) <= 5 and max(Widths.widths) >= 4
+    assert [s[:10] for s in result.sequences] == [[(p[-1] + 1 + i) % 50 for i in range(10)] for p in prompts]
+    assert torch.is_tensor(ctx.prompt_logits)
