@@ -76,8 +76,8 @@ def _word(x: torch.Tensor | int, shift: int = 0) -> torch.Tensor:
 
 def stream_key(seed: torch.Tensor | int, row: torch.Tensor | int, position: torch.Tensor | int) -> torch.Tensor:
     """The 32-bit key of one (seed, row, position) stream, as int64; arguments broadcast."""
-    seed, row, position = (v if isinstance(v, int) or torch.is_tensor(v) else torch.as_tensor(v, dtype=torch.int64)
-                           for v in (seed, row, position))  # lists, numpy arrays and scalars
+    seed, row, position = (_int64(v) if isinstance(v, int) else v if torch.is_tensor(v) else
+                           torch.as_tensor(v, dtype=torch.int64) for v in (seed, row, position))  # lists, numpy
     if _on_cpu(seed, row, position):
         if all(not torch.is_tensor(v) or v.numel() <= 8 for v in (seed, row, position)):
             return torch.from_numpy(stream_words(seed, row, position).astype(np.int64))

@@ -162,8 +162,8 @@ def temperature_weights_cpu(logits: torch.Tensor, temperature: float) -> np.ndar
     as a float32 numpy array: the same float32 operations in the same order (numpy's multiply, maximum, subtract and
     divide round as torch's do; ``exp`` and the row sums stay torch's), in place, so the same bits in a fraction of
     the calls. The CPU's plain sampling step runs this once per token, after a forward pass has evicted the code of
-    every call from the caches, so the number of calls is its cost. None where a row has no finite maximum
-    (:func:`warp_rows` handles those)."""
+    every call from the caches, so the number of calls is its cost. None where :func:`warp_rows` must decide: a row
+    without a finite maximum, an empty vocabulary, or a temperature whose float32 inverse is 0 or infinite."""
     n, vocab = logits.shape
     with np.errstate(all="ignore"):  # overflow to inf is the float32 arithmetic torch does silently too
         inv = np.float32(1.0) / np.float32(temperature)
