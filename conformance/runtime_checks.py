@@ -72,7 +72,7 @@ class RuntimeEnv:
     def draws(self, decoder: Decoder, settings: dict[str, Any], prompt_ids: Sequence[int], n: int,
               max_new_tokens: int = 2) -> list[tuple[int, ...]]:
         out: list[tuple[int, ...]] = []
-        batch = 64
+        batch = self.runtime.exact_rows  # wider batches may take other kernels than the law's one-row forwards
         for start in range(0, n, batch):
             rows = min(batch, n - start)
             config = decoder.configure({**settings, "seed": start})

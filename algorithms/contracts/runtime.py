@@ -102,6 +102,9 @@ class Runtime(abc.ABC):
     #: the name users pick it by (``--runtime NAME``)
     name: str = ""
     description: str = ""
+    #: most rows decoded side by side that still get the logits one row gets alone (conformance draws its samples
+    #: in batches of at most this many: llama.cpp's CPU kernels change from 64 tokens a batch on AVX-512 CPUs)
+    exact_rows: int = 64
 
     @abc.abstractmethod
     def load(self, model: str | None = None, *, progress: Callable[[str], None] | None = None) -> Any:

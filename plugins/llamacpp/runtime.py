@@ -95,6 +95,8 @@ def open_context(llm: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: 
 class LlamaCppRuntime(Runtime):
     name = "llamacpp"
     description = "llama.cpp through llama-cpp-python (a GGUF file; the embedded model by default), local CPU"
+    #: one llama_decode holds a token of every row: as narrow as a single sequence's widest exact block
+    exact_rows = LlamaSession.max_block
 
     def load(self, model: str | None = None, *, progress: Callable[[str], None] | None = None) -> Any:
         from anydecode.models import check_gguf, default_gguf_path
