@@ -243,7 +243,7 @@ def verify_chain(target_logits: torch.Tensor, draft_tokens: torch.Tensor, draft_
                  lengths: torch.Tensor | int | None = None, temperature: torch.Tensor | float = 1.0,
                  top_k: torch.Tensor | int = 0, top_p: torch.Tensor | float = 1.0,
                  min_p: torch.Tensor | float = 0.0,
-                 rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 rows: torch.Tensor | int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Speculative chain verification of a batch; returns ``(accepted, next_token)``, int64 ``(B,)``.
 
     ``target_logits`` ``(B, k + 1, V)`` (raw: warped inside with the per-row ``temperature``, ``top_k``, ``top_p``,
@@ -263,7 +263,7 @@ def verify_chain(target_logits: torch.Tensor, draft_tokens: torch.Tensor, draft_
 
 def sample_tokens(logits: torch.Tensor, *, seeds: torch.Tensor | int, offsets: torch.Tensor | int | None = None,
                   temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
-                  rows: torch.Tensor | None = None) -> torch.Tensor:
+                  rows: torch.Tensor | int | None = None) -> torch.Tensor:
     """One sampled token per row of raw ``logits`` (``(N, V)``), int64 ``(N,)``: exactly the token
     :func:`verify_chain` draws for a row without drafts (its bonus token), on the stream ``(seeds[i], rows[i],
     offsets[i])``, with one sampling setting for every row (``temperature > 0``). Plain sampling steps of the

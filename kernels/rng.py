@@ -95,6 +95,8 @@ def stream_key(seed: torch.Tensor | int, row: torch.Tensor | int, position: torc
 def stream_words(seed: torch.Tensor | int, row: torch.Tensor | int, position: torch.Tensor | int) -> np.ndarray:
     """:func:`stream_key` of a few CPU streams (a step's rows) as uint32 words, on Python ints: after a forward pass
     has evicted their code from the caches, every tensor call costs tens of microseconds, so few are made."""
+    if type(seed) is int and type(row) is int and type(position) is int:  # one stream (a plain step's one row)
+        return np.array(_key_int(_int64(seed), _int64(row), _int64(position)), dtype=np.uint32)
     values = [np.array(v.tolist() if torch.is_tensor(v) else _int64(v), dtype=object) for v in (seed, row, position)]
     seeds, rows, positions = np.broadcast_arrays(*values)
     keys = [_key_int(int(a), int(b), int(c)) for a, b, c in zip(seeds.flat, rows.flat, positions.flat)]
@@ -179,17 +181,31 @@ def _race_dense_cpu(weights: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
 
 def race_dense_np(weights: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """:func:`race_argmax` of float32 ``weights`` ``(n, V)`` (``w >= 0``) on the uint32 stream ``keys`` ``(n,)``,
-    every lane at once, in numpy (int64 ``(n,)``): no index lists, one argmax, and few calls. The words stay uint32
-    until they are uniforms (the int64 emulation would cost three times as much here); the logarithm is torch's."""
+    every lane at once, in numpy (int64 ``(n,)``): no index lists, one argmin, and few calls. The words stay uint32
+    until they are uniforms (the int64 emulation would cost three times as much here); the logarithm is torch's.
+
+    Same numbers, one call fewer than a division by :func:`exponential`: ``w / E = -(w / -E)`` exactly (division
+    rounds the same either side of 0), so the race's first maximum is the first minimum of ``w / -E``
+    (:func:`negated_exponential`), and a row without weight has no value below 0."""
     n, vocab = weights.shape
     with np.errstate(over="ignore"):
         words = _lane_bits_np(keys.reshape(-1, 1), _weyl_lanes(vocab)[None, :])  # one key may serve every row
-    values = exponential(words).numpy()
-    # w >= 0 and E > 0: lanes without weight give 0
-    values = np.divide(weights, values, out=values) if values.shape == weights.shape else weights / values
-    first = np.argmax(values, axis=1)  # the first index of the maximum
+    logs = negated_exponential(words)
+    values = np.divide(weights, logs, out=logs) if logs.shape == weights.shape else weights / logs
+    first = np.argmin(values, axis=1)
     best = values[np.arange(n), first]
-    return np.where(best > 0, first, -1).astype(np.int64)
+    return np.where(best < 0, first, -1).astype(np.int64)
+
+
+def negated_exponential(words: np.ndarray) -> np.ndarray:
+    """``-exponential(words)`` as float32 numpy, from uint32 words that it consumes: ``log(open_uniform)``, in three
+    numpy calls and torch's logarithm. ``(bits >> 8) | 1`` is ``2 * (bits >> 9) + 1``, below 2**24, so one scaling
+    by 2**-24 gives :func:`open_uniform` exactly, and negating a logarithm is exact."""
+    words >>= np.uint32(8)
+    words |= np.uint32(1)
+    logs = np.multiply(words, np.float32(2.0 ** -24), dtype=np.float32)
+    torch.from_numpy(logs).log_()
+    return logs
 
 
 def bits(seed: torch.Tensor | int, row: torch.Tensor | int, position: torch.Tensor | int,

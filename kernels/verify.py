@@ -201,7 +201,7 @@ def verify_chain_reference(a: ChainArgs) -> tuple[torch.Tensor, torch.Tensor]:
 
 def sample_reference(logits: torch.Tensor, seeds: torch.Tensor | int, offsets: torch.Tensor | int | None,
                      temperature: float, top_k: int, top_p: float, min_p: float,
-                     rows: torch.Tensor | None) -> torch.Tensor:
+                     rows: torch.Tensor | int | None) -> torch.Tensor:
     """:func:`verify_chain_reference`'s token for rows without drafts (``(N, V)`` raw logits, one setting for all
     rows, temperature > 0), without building :class:`ChainArgs`: the CPU's plain sampling step, bit for bit."""
     n, vocab = logits.shape

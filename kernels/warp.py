@@ -154,27 +154,47 @@ def warp_rows(logits: torch.Tensor, inv_t: torch.Tensor, top_k: torch.Tensor, to
         mass = torch.where(e >= min_p.to(torch.float32).unsqueeze(1), e, torch.zeros_like(e))
     else:
         mass = e
-    return Warped(WarpStats(m=m, thr=thr, cut=cut, z=mass.sum(dim=1)), mass)
+    return Warped(WarpStats(m=m, thr=thr, cut=cut, z=row_sums(mass)), mass)
+
+
+def row_sums(x: torch.Tensor) -> torch.Tensor:
+    """The float32 sum of each row of ``x`` (``(n, V)``), to the same bits whatever rows stand beside it.
+
+    A row's probabilities must not depend on its batch: coupled verification draws a position's token from a batch
+    of positions, and a plain step draws it from one row, and both must give the same token. torch's CPU sum does
+    not ensure that: it splits a long row between threads when the row stands alone but not inside a batch, so the
+    two sums can differ in the last bit (in about half of the 49k-token rows tried with 2 threads). On the CPU each
+    row is summed on its own by numpy's pairwise summation, which depends on the row's values alone (not on the
+    batch, the threads or the memory layout: the rows are made contiguous first). On other devices it is torch's
+    sum; the GPU kernels reduce each row in a program of its own."""
+    if x.device.type != "cpu":
+        return x.sum(dim=1)
+    rows = np.ascontiguousarray(x.detach().to(torch.float32).numpy())
+    return torch.from_numpy(np.add.reduce(rows, axis=1))
 
 
 def temperature_weights_cpu(logits: torch.Tensor, temperature: float) -> np.ndarray | None:
     """``normalised(mass, z)`` of :func:`warp_rows` for one plain temperature (no top-k, top-p or min-p) on the CPU,
     as a float32 numpy array: the same float32 operations in the same order (numpy's multiply, maximum, subtract and
-    divide round as torch's do; ``exp`` and the row sums stay torch's), in place, so the same bits in a fraction of
-    the calls. The CPU's plain sampling step runs this once per token, after a forward pass has evicted the code of
-    every call from the caches, so the number of calls is its cost. None where :func:`warp_rows` must decide: a row
-    without a finite maximum, an empty vocabulary, or a temperature whose float32 inverse is 0 or infinite."""
+    divide round as torch's do; ``exp`` stays torch's; the row sums are :func:`row_sums`), in place, so the same
+    bits in a fraction of the calls. The CPU's plain sampling step runs this once per token, after a forward pass has
+    evicted the code of every call from the caches, so the number of calls is its cost. None where
+    :func:`warp_rows` must decide: a row without a finite maximum, an empty vocabulary, or a temperature whose
+    float32 inverse is 0 or infinite."""
     n, vocab = logits.shape
     with np.errstate(all="ignore"):  # overflow to inf is the float32 arithmetic torch does silently too
         inv = np.float32(1.0) / np.float32(temperature)
         if vocab == 0 or not (np.isfinite(inv) and inv > 0):  # (warp_rows reads an inverse of 0 as greedy)
             return None
-        s = logits.detach().to(torch.float32).numpy() * inv
+        x = logits.numpy() if logits.dtype == torch.float32 and not logits.requires_grad else \
+            logits.detach().to(torch.float32).numpy()
+        s = x * inv
         m = s.max(axis=1, keepdims=True)
         if not np.isfinite(m).all():
             return None
         s -= m
-        z = torch.from_numpy(s).exp_().sum(dim=1).numpy()  # z >= 1: the maximum's term is exp(0)
+        torch.from_numpy(s).exp_()
+        z = np.add.reduce(s, axis=1)  # row_sums: z >= 1, the maximum's term is exp(0)
         s *= (np.float32(1.0) / z).reshape(n, 1)
     return s
 
@@ -200,7 +220,7 @@ def _thresholds(s: torch.Tensor, e: torch.Tensor, m: torch.Tensor, use_k: torch.
         return value, cut, thr
     survivors = s >= value.unsqueeze(1)
     e_k = torch.where(survivors, e, torch.zeros_like(e))
-    target = top_p.to(torch.float32) * e_k.sum(dim=1)
+    target = top_p.to(torch.float32) * row_sums(e_k)
     # only the values in descending order matter (tied tokens carry equal mass): the survivors' top values, as
     # few as reach the target (a prefix of the sorted values and of its running sums is the same whatever its
     # length; the nucleus is usually a small share of the vocabulary)
@@ -220,7 +240,7 @@ def _thresholds(s: torch.Tensor, e: torch.Tensor, m: torch.Tensor, use_k: torch.
     found = use_p & reached.any(dim=1)
     value_p = ranked.gather(1, torch.argmax(reached.to(torch.int8), dim=1, keepdim=True)).squeeze(1)
     at = s == value_p.unsqueeze(1)
-    s_gt = torch.where(survivors & (s > value_p.unsqueeze(1)), e, torch.zeros_like(e)).sum(dim=1)
+    s_gt = row_sums(torch.where(survivors & (s > value_p.unsqueeze(1)), e, torch.zeros_like(e)))
     e_v = torch.exp(value_p - m)
     rank = torch.cumsum(at.to(torch.int32), dim=1) - 1
     stays = (s_gt.unsqueeze(1) + rank.to(torch.float32) * e_v.unsqueeze(1)) < target.unsqueeze(1)

@@ -4,6 +4,18 @@ from __future__ import annotations
 
 import torch
 
+#: dtypes whose CPU tensors numpy reads without a copy, and whose argmax numpy computes as torch does
+_NUMPY_FLOATS = (torch.float32, torch.float64, torch.float16)
+
+
+def argmax_token(row: torch.Tensor) -> int:
+    """The greedy token of one row of logits ``(vocab,)``: the first index of its maximum (of its first NaN, if any,
+    as in torch). A CPU row goes through numpy: one call instead of torch's argmax, whose dispatch costs tens of
+    microseconds in a decoding loop whose forward pass has just evicted it from the caches."""
+    if row.device.type == "cpu" and row.dtype in _NUMPY_FLOATS and not row.requires_grad:
+        return int(row.numpy().argmax())
+    return int(row.argmax())
+
 
 def make_generator(seed: int | None) -> torch.Generator:
     """A CPU generator of the sampler's own: seeded runs repeat exactly and never touch torch's global state."""

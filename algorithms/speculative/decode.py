@@ -22,6 +22,7 @@ from ..contracts.config import SamplingConfig
 from ..contracts.decoder import DecodeContext, DecodeResult
 from ..contracts.errors import ConfigError, ContextFull
 from ..contracts.session import ModelSession, has_tree_attention, tree_depths
+from ..sampling.select import argmax_token
 from ..sampling.warpers import warped_probs
 from .draft import Draft, Drafter
 from .schedule import DraftLengthController
@@ -252,10 +253,13 @@ class SpeculativeLoop:
             # its tensors
             live = [b for b in range(rows) if active[b]]
             if self.greedy:
-                chosen = [int(seq.row(b, len(pending[b])).argmax()) for b in live]
+                chosen = [argmax_token(seq.row(b, len(pending[b]))) for b in live]
+            elif len(live) == 1:  # one row: its stream as ints, no index tensors to build
+                (b,) = live
+                chosen = sample_at(seq.row(b, len(pending[b])).unsqueeze(0), self.sampling, seed=self.seed,
+                                   offsets=len(self.generated[b]), rows=b).tolist()
             else:
-                at = [seq.row(b, len(pending[b])) for b in live]
-                chosen = sample_at(at[0].unsqueeze(0) if len(at) == 1 else torch.stack(at), self.sampling,
+                chosen = sample_at(torch.stack([seq.row(b, len(pending[b])) for b in live]), self.sampling,
                                    seed=self.seed, offsets=torch.tensor([len(self.generated[b]) for b in live]),
                                    rows=torch.tensor(live)).tolist()
             for b, token in zip(live, chosen):

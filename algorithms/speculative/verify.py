@@ -257,8 +257,8 @@ def _greedy_node(tokens: Sequence[int], cur: torch.Tensor, options: list[int]) -
     return next((c for c in options if tokens[c] == target), None), target
 
 
-def sample_at(logits: torch.Tensor, sampling: SamplingConfig, *, seed: int, offsets: torch.Tensor,
-              rows: torch.Tensor) -> torch.Tensor:
+def sample_at(logits: torch.Tensor, sampling: SamplingConfig, *, seed: int, offsets: torch.Tensor | int,
+              rows: torch.Tensor | int) -> torch.Tensor:
     """The token plain sampling draws from each row of raw ``logits`` (``(N, vocab)``) on the stream ``(seed,
     rows[i], offsets[i])``: what the dispatcher's verification of an empty draft gives (its bonus token), so exactly
     what a step of the decoding loop that drafted nothing samples there. int64 ``(N,)``."""

@@ -7,6 +7,7 @@ as llama.cpp's own generation loop does.
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Sequence
 
 import numpy as np
@@ -66,28 +67,31 @@ class LlamaSession(ModelSession):
                                       "tokens (n_ctx): shorten it or load the model with a larger n_ctx")
         self.llm.n_tokens = 0
         self.prompt_length = len(prompt)
-        return self._decode(prompt, all_logits=False)
+        return torch.from_numpy(self._decode(prompt, all_logits=False))
 
     def append(self, tokens: torch.Tensor | Sequence[Sequence[int]]) -> torch.Tensor:
         block = token_rows(tokens, 1)[0]
         if self.llm.n_tokens + len(block) > self.capacity:
             raise ContextFull(f"context full: {self.llm.n_tokens} + {len(block)} tokens exceed {self.capacity}")
         logits = self._decode(block, all_logits=len(block) > 1)
-        return logits.unsqueeze(0)
+        return torch.from_numpy(logits.reshape(1, *logits.shape))
 
     def step(self, tokens: Sequence[int]) -> torch.Tensor:
         (token,) = tokens
         if self.llm.n_tokens + 1 > self.capacity:
             raise ContextFull(f"context full: {self.capacity} tokens")
-        return self._decode([int(token)], all_logits=False)
+        return torch.from_numpy(self._decode([int(token)], all_logits=False))
 
     def truncate(self, length: int) -> None:
         if not 0 <= length <= self.llm.n_tokens:
             raise RuntimeAdapterError(f"cannot truncate to {length}: the session holds {self.llm.n_tokens} tokens")
         self.llm.n_tokens = length  # the next decode drops KV entries at positions >= length
 
-    def _decode(self, tokens: list[int], all_logits: bool) -> torch.Tensor:
-        """Decode ``tokens`` after the current position; logits for each token (or the last only)."""
+    def _decode(self, tokens: list[int], all_logits: bool) -> np.ndarray:
+        """Decode ``tokens`` after the current position; float32 logits ``(n, V)`` for each token (or the last only).
+
+        The plain loop calls this once per token, right after llama.cpp's forward has evicted the code of every call
+        from the caches, so it makes few calls: one copy of llama.cpp's logits, and no concatenation for one batch."""
         llm, lib = self.llm, self._lib
         n_past = int(llm.n_tokens)
         llm._ctx.kv_cache_seq_rm(-1, n_past, -1)
@@ -102,9 +106,15 @@ class LlamaSession(ModelSession):
             n_past += len(chunk)
             llm.n_tokens = n_past
             if all_logits:
-                ptr = lib.llama_get_logits(llm._ctx.ctx)
-                rows.append(np.ctypeslib.as_array(ptr, shape=(len(chunk), self.vocab_size)).copy())
+                rows.append(self._logits(lib.llama_get_logits(llm._ctx.ctx), len(chunk)))
             elif last_chunk:
-                ptr = lib.llama_get_logits_ith(llm._ctx.ctx, -1)
-                rows.append(np.ctypeslib.as_array(ptr, shape=(1, self.vocab_size)).copy())
-        return torch.from_numpy(np.concatenate(rows, axis=0))
+                rows.append(self._logits(lib.llama_get_logits_ith(llm._ctx.ctx, -1), 1))
+        return rows[0] if len(rows) == 1 else np.concatenate(rows, axis=0)
+
+    def _logits(self, pointer, n: int) -> np.ndarray:
+        """A copy of ``n`` rows of logits at llama.cpp's ``float *`` ``pointer`` (valid until the next decode)."""
+        address = ctypes.cast(pointer, ctypes.c_void_p).value
+        if not address:
+            raise RuntimeAdapterError("llama.cpp returned no logits for the decoded batch")
+        view = np.frombuffer((ctypes.c_float * (n * self.vocab_size)).from_address(address), dtype=np.float32)
+        return view.copy().reshape(n, self.vocab_size)

@@ -98,6 +98,20 @@ def test_the_dense_race_draws_the_defined_winner():
             assert got[3] == -1
 
 
+
+def test_the_dense_race_rounds_as_the_definition_where_every_lane_nearly_ties():
+    """Weights proportional to the lanes' own exponentials put every ``w / E`` within an ulp or two of the others:
+    the winner is decided by the last bits of each uniform, logarithm and quotient, so any other rounding (a
+    uniform off by half a grid step, a division by ``-E`` done otherwise) picks another lane."""
+    for vocab in (777, 49152):
+        lanes = torch.arange(vocab)
+        for position in range(12):
+            keys = rng.stream_key(3, torch.arange(2), position)
+            e = torch.stack([rng.exponential(rng.lane_bits(k, lanes)) for k in keys])
+            weights = e * torch.tensor([[0.37], [1e-3]])
+            got = torch.from_numpy(rng.race_dense_np(weights.numpy(), rng._u32(keys)))
+            assert torch.equal(got, defined_race(weights, keys))
+
 @pytest.mark.parametrize("temperature", TEMPERATURES)
 def test_plain_sampling_on_the_cpu_draws_the_general_paths_token(temperature):
     """A tensor temperature takes the general path (warp, normalise, race over every lane)."""
@@ -110,6 +124,18 @@ def test_plain_sampling_on_the_cpu_draws_the_general_paths_token(temperature):
             assert torch.equal(fast, general)
 
 
+def test_one_row_given_as_ints_draws_what_tensors_draw():
+    """The loop's plain step passes one row's stream as ints: the same stream as index tensors, on both paths."""
+    for logits in logit_cases():
+        for row, position in [(0, 0), (2, 17), (5, 2**33 + 3)]:
+            one = logits[:1]
+            as_ints = dict(seeds=2**40 + 9, offsets=position, rows=row)
+            as_tensors = dict(seeds=2**40 + 9, offsets=torch.tensor([position]), rows=torch.tensor([row]))
+            for temperature in (0.7, torch.tensor(0.7)):
+                want = kernels.sample_tokens(one, temperature=temperature, **as_tensors)
+                assert torch.equal(kernels.sample_tokens(one, temperature=temperature, **as_ints), want)
+
+
 def defined_key(seed, row, position) -> torch.Tensor:
     h = rng.mix32(rng._word(seed) ^ rng.SALT)
     h = rng.mix32(h ^ rng._word(seed, 32))
@@ -119,7 +145,8 @@ def defined_key(seed, row, position) -> torch.Tensor:
 
 @pytest.mark.parametrize("seed,row,position", [
     (0, 0, 0), (2**40 + 7, torch.arange(3), torch.tensor([5, 6, 7])), (-5, torch.tensor(2), 2**33 + 1),
-    (torch.tensor([1, 2**63 - 1]), 3, torch.tensor([[1], [2]])), (7, torch.arange(8), 9)])
+    (torch.tensor([1, 2**63 - 1]), 3, torch.tensor([[1], [2]])), (7, torch.arange(8), 9),
+    (-5, 3, 2**33 + 1), (2**63 - 1, 2**32 + 5, 11)])
 def test_few_stream_keys_are_the_int64_definition(seed, row, position):
     want = defined_key(torch.as_tensor(seed), torch.as_tensor(row), torch.as_tensor(position))
     assert torch.equal(rng.stream_key(seed, row, position), want)
@@ -141,3 +168,34 @@ def test_token_rows_take_lists_and_tensors_and_name_a_bad_shape():
     for bad, rows in (([[1, 2], [3]], 2), ([[1]], 2), ([[]], 1)):
         with pytest.raises(ValueError, match=r"expected a token block of shape \(\d+, k>=1\)"):
             token_rows(bad, rows)
+
+
+def test_a_rows_probabilities_do_not_depend_on_the_rows_beside_it():
+    """A plain step draws a position's token from one row, coupled verification from a batch of positions: the
+    row's weights must be the same bits in both. torch's CPU sum of a long row alone is split between threads and
+    differs in the last bit from the same row's sum inside a batch (about half the rows here, with 2 threads)."""
+    g = torch.Generator().manual_seed(8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for vocab in (49152, 100003):
+            batch = torch.randn(12, vocab, generator=g) * 4
+            for temperature in (0.7, 1.3):
+                together = temperature_weights_cpu(batch[:4], temperature)
+                general = warped_weights(batch, temperature)
+                for r in range(4):
+                    alone = temperature_weights_cpu(batch[r: r + 1], temperature)
+                    assert np.array_equal(alone, together[r: r + 1])
+                    assert torch.equal(warped_weights(batch[r: r + 1], temperature), general[r: r + 1])
+                    assert torch.equal(torch.from_numpy(alone), general[r: r + 1])
+            top_p = warp_rows(batch, inverse_temperature_rows(0.7, 12, batch.device), as_rows(0, 12, torch.int64,
+                              batch.device, "top_k"), top_p_rows(0.9, 12, batch.device),
+                              as_rows(0.0, 12, torch.float32, batch.device, "min_p"))
+            for r in range(3):
+                one = warp_rows(batch[r: r + 1], inverse_temperature_rows(0.7, 1, batch.device),
+                                as_rows(0, 1, torch.int64, batch.device, "top_k"), top_p_rows(0.9, 1, batch.device),
+                                as_rows(0.0, 1, torch.float32, batch.device, "min_p"))
+                assert torch.equal(one.stats.z, top_p.stats.z[r: r + 1])
+                assert torch.equal(one.stats.thr, top_p.stats.thr[r: r + 1])
+    finally:
+        torch.set_num_threads(threads)

@@ -187,3 +187,16 @@ def test_the_loop_finishes_every_row_when_something_raises(error):
     with pytest.raises(type(error)):
         autoregressive(ctx, transform, TokenSelector(greedy=True))
     assert sorted(transform.finished) == [(2, "abort"), (3, "abort")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.sampled_from([0.0, 1.0, -1.0, 2.5, float("inf"), float("-inf"), float("nan"), 1e-30]),
+                       min_size=1, max_size=12),
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]))
+def test_the_greedy_token_is_torchs_argmax(values, dtype):
+    """argmax_token (numpy for CPU rows) picks torch's index: the first maximum, the first NaN, ties low."""
+    from anydecode.algorithms.sampling.select import argmax_token
+
+    row = torch.tensor(values, dtype=dtype)
+    assert argmax_token(row) == int(row.argmax())
+    assert argmax_token(row.unsqueeze(0).expand(3, -1)[1]) == int(row.argmax())  # a view, as the loop passes

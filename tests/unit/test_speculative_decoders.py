@@ -553,6 +553,23 @@ def test_a_seeded_sampling_run_gives_the_same_tokens_whatever_is_drafted(seed, r
     assert drafted.stats["drafted"] > 0
 
 
+def test_a_rows_draws_do_not_depend_on_the_rows_that_finished_beside_it():
+    """Each row samples on its own stream ``(seed, row, position)``. Once the row beside it has stopped, a row is
+    the step's only one (the loop then passes its stream as ints): its tokens are those it draws beside a row that
+    keeps going."""
+    model = copying_model(seed=4)
+    early = 0
+    for seed in range(12):
+        sampling = SpeculativeSampling(temperature=1.0, seed=seed)
+        outputs = []
+        for first in ([EOS, EOS, EOS], [1, 2, 3, 4]):  # the copying model ends the first prompt at once, mostly
+            ctx = toy_context(model, [first, PROMPTS[1]], 20)
+            outputs.append(speculative_decode(ctx, NoDrafts(), sampling, cost_aware=False).sequences)
+        assert outputs[0][1] == outputs[1][1]
+        early += len(outputs[0][0]) < len(outputs[0][1])
+    assert early >= 6
+
+
 class SampledWithoutQ(anydecode.algorithms.speculative.draft.Drafter):
     """A drafter that says it samples its drafts but reports no distribution for them."""
 
