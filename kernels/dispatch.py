@@ -292,7 +292,8 @@ def verify_chain_greedy(target_logits: torch.Tensor, draft_tokens: torch.Tensor,
 
 
 def sample_residual(p: torch.Tensor, q: torch.Tensor, *, seeds: torch.Tensor | int,
-                    positions: torch.Tensor | int | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+                    positions: torch.Tensor | int | None = None,
+                    rows: torch.Tensor | int | None = None) -> torch.Tensor:
     """One token per row of ``normalise(max(0, p - q))`` (``p``, ``q``: ``(N, V)`` probabilities), int64 ``(N,)``.
 
     Random stream ``(seeds[r], rows[r], positions[r])``; semantics in :mod:`anydecode.kernels.residual`.
@@ -308,7 +309,7 @@ def sample_residual(p: torch.Tensor, q: torch.Tensor, *, seeds: torch.Tensor | i
 def verify_tree_node(p: torch.Tensor, tokens: torch.Tensor, q: torch.Tensor | None = None, *,
                      seeds: torch.Tensor | int, counts: torch.Tensor | int | None = None,
                      positions: torch.Tensor | int | None = None,
-                     rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     rows: torch.Tensor | int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One tree-verification node per row (SpecInfer): ``(child, token)``, int64 ``(N,)``.
 
     ``p`` ``(N, V)`` target probabilities at the node, ``tokens`` ``(N, C)`` its children in trial order,

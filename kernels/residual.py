@@ -27,7 +27,7 @@ import dataclasses
 import torch
 
 from . import rng
-from .warp import as_rows, host_checkable, reciprocal
+from .warp import as_rows, host_checkable, reciprocal, row_sums
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,14 +65,14 @@ def _probs(x: torch.Tensor, name: str, shape: tuple[int, ...] | None = None) -> 
 
 
 def _streams(n: int, dev: torch.device, seeds: torch.Tensor | int, positions: torch.Tensor | int | None,
-             rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             rows: torch.Tensor | int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return (as_rows(seeds, n, torch.int64, dev, "seeds"),
             torch.arange(n, device=dev) if rows is None else as_rows(rows, n, torch.int64, dev, "rows"),
             as_rows(0 if positions is None else positions, n, torch.int64, dev, "positions"))
 
 
 def residual_args(p: torch.Tensor, q: torch.Tensor, seeds: torch.Tensor | int,
-                  positions: torch.Tensor | int | None = None, rows: torch.Tensor | None = None) -> ResidualArgs:
+                  positions: torch.Tensor | int | None = None, rows: torch.Tensor | int | None = None) -> ResidualArgs:
     if p.dim() != 2:
         raise ValueError(f"p must be (rows, vocab); got shape {tuple(p.shape)}")
     pp = _probs(p, "p")
@@ -83,7 +83,7 @@ def residual_args(p: torch.Tensor, q: torch.Tensor, seeds: torch.Tensor | int,
 
 def tree_args(p: torch.Tensor, tokens: torch.Tensor, q: torch.Tensor | None, seeds: torch.Tensor | int,
               counts: torch.Tensor | int | None = None, positions: torch.Tensor | int | None = None,
-              rows: torch.Tensor | None = None) -> TreeArgs:
+              rows: torch.Tensor | int | None = None) -> TreeArgs:
     if p.dim() != 2:
         raise ValueError(f"p must be (rows, vocab); got shape {tuple(p.shape)}")
     n, vocab = p.shape
@@ -123,7 +123,7 @@ def residual_step(r: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """``normalise(max(0, r - q))`` per row (times ``1 / total``, the kernel's arithmetic), ``r`` where that has no
     mass."""
     diff = torch.clamp(r - q, min=0.0)
-    total = diff.sum(dim=-1, keepdim=True)
+    total = row_sums(diff).unsqueeze(-1) if diff.dim() == 2 else diff.sum(dim=-1, keepdim=True)
     return torch.where(total > 0, diff * reciprocal(total), r)
 
 

@@ -65,7 +65,7 @@ def chain_args(target_logits: torch.Tensor, draft_tokens: torch.Tensor, draft_pr
                seeds: torch.Tensor | int, offsets: torch.Tensor | int | None = None,
                lengths: torch.Tensor | int | None = None, temperature: torch.Tensor | float = 1.0,
                top_k: torch.Tensor | int = 0, top_p: torch.Tensor | float = 1.0, min_p: torch.Tensor | float = 0.0,
-               rows: torch.Tensor | None = None) -> ChainArgs:
+               rows: torch.Tensor | int | None = None) -> ChainArgs:
     """Check shapes, types and ranges and build :class:`ChainArgs`; ValueError names the bad argument."""
     batch, k, vocab, lens = check_chain(target_logits, draft_tokens, draft_probs, lengths)
     dev = target_logits.device

@@ -166,10 +166,13 @@ def row_sums(x: torch.Tensor) -> torch.Tensor:
     two sums can differ in the last bit (in about half of the 49k-token rows tried with 2 threads). On the CPU each
     row is summed on its own by numpy's pairwise summation, which depends on the row's values alone (not on the
     batch, the threads or the memory layout: the rows are made contiguous first). On other devices it is torch's
-    sum; the GPU kernels reduce each row in a program of its own."""
+    sum: the kernels reduce each row in a program of its own, but the torch reference on a GPU (the dispatcher forced
+    to it, or triton missing) follows torch's reduction plan, which may depend on the batch's shape. float32 and
+    float64 keep their type, other types are summed in float32; the result carries no gradient."""
     if x.device.type != "cpu":
         return x.sum(dim=1)
-    rows = np.ascontiguousarray(x.detach().to(torch.float32).numpy())
+    x = x.detach()
+    rows = np.ascontiguousarray((x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)).numpy())
     return torch.from_numpy(np.add.reduce(rows, axis=1))
 
 
@@ -188,7 +191,7 @@ def temperature_weights_cpu(logits: torch.Tensor, temperature: float) -> np.ndar
             return None
         x = logits.numpy() if logits.dtype == torch.float32 and not logits.requires_grad else \
             logits.detach().to(torch.float32).numpy()
-        s = x * inv
+        s = np.multiply(x, inv, order="C")  # C-ordered rows: row_sums' pairwise sum of each row, whatever x's layout
         m = s.max(axis=1, keepdims=True)
         if not np.isfinite(m).all():
             return None

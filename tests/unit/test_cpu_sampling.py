@@ -1,7 +1,7 @@
 """The CPU's plain sampling step (a temperature, nothing else): its few-call path against the written-out definition.
 
 ``sample_tokens`` on the CPU takes a short path for plain temperature sampling (numpy for the arithmetic that
-rounds alike in both libraries, torch for ``exp``, ``log`` and the row sums): it must give the same bits as the
+rounds alike in both libraries and for the row sums, torch for ``exp`` and ``log``): it must give the same bits as the
 general warp and the int64 definition of the generator, not merely the same distribution, because coupled
 verification relies on a plain step and a verified position drawing the same token.
 """
@@ -14,6 +14,7 @@ import torch
 from anydecode import kernels
 from anydecode.algorithms.contracts.session import token_rows
 from anydecode.kernels import rng
+from anydecode.kernels.residual import residual_step
 from anydecode.kernels.warp import (as_rows, inverse_temperature_rows, normalised, temperature_weights_cpu,
                                     top_p_rows, warp_rows)
 
@@ -197,5 +198,16 @@ def test_a_rows_probabilities_do_not_depend_on_the_rows_beside_it():
                                 as_rows(0.0, 1, torch.float32, batch.device, "min_p"))
                 assert torch.equal(one.stats.z, top_p.stats.z[r: r + 1])
                 assert torch.equal(one.stats.thr, top_p.stats.thr[r: r + 1])
+            # a column-major batch (a transposed product): the same bits as its rows alone and contiguous
+            columns = batch[:3].t().contiguous().t()
+            weights = temperature_weights_cpu(columns, 0.7)
+            assert np.array_equal(weights, temperature_weights_cpu(batch[:3], 0.7))
+            assert torch.equal(torch.from_numpy(weights), warped_weights(columns, 0.7))
+            # the residual a tree node samples after a rejection
+            p = torch.softmax(batch[:4], dim=1)
+            q = torch.softmax(batch[4:8], dim=1)
+            together = residual_step(p, q)
+            for r in range(4):
+                assert torch.equal(residual_step(p[r: r + 1], q[r: r + 1]), together[r: r + 1])
     finally:
         torch.set_num_threads(threads)

@@ -200,3 +200,6 @@ def test_the_greedy_token_is_torchs_argmax(values, dtype):
     row = torch.tensor(values, dtype=dtype)
     assert argmax_token(row) == int(row.argmax())
     assert argmax_token(row.unsqueeze(0).expand(3, -1)[1]) == int(row.argmax())  # a view, as the loop passes
+    # a vocabulary-sized row (numpy's vectorised loop), the drawn values placed late
+    long = torch.cat([torch.full((4093,), -5.0, dtype=dtype), row, torch.full((7,), -5.0, dtype=dtype)])
+    assert argmax_token(long) == int(long.argmax())
