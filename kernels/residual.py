@@ -120,10 +120,10 @@ def sample_residual_reference(a: ResidualArgs) -> torch.Tensor:
 
 
 def residual_step(r: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """``normalise(max(0, r - q))`` per row (times ``1 / total``, the kernel's arithmetic), ``r`` where that has no
-    mass."""
+    """``normalise(max(0, r - q))`` per row of ``(N, V)`` probabilities (times ``1 / total``, the kernel's
+    arithmetic), ``r`` where that has no mass."""
     diff = torch.clamp(r - q, min=0.0)
-    total = row_sums(diff).unsqueeze(-1) if diff.dim() == 2 else diff.sum(dim=-1, keepdim=True)
+    total = row_sums(diff).unsqueeze(1)
     return torch.where(total > 0, diff * reciprocal(total), r)
 
 

@@ -219,19 +219,13 @@ def uniform(word: torch.Tensor) -> torch.Tensor:
     return (word >> 8).to(torch.float32) * (2.0 ** -24)
 
 
-def open_uniform(word: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """float32 uniforms in ``(0, 1)``: the odd multiples of 2**-24, from the top 23 bits. ``word`` may be a numpy
-    uint32 array (consumed), the CPU's fast path: the same numbers, every step exact in float32."""
-    if isinstance(word, np.ndarray):
-        word >>= np.uint32(9)
-        u = word.astype(np.float32)
-        u *= np.float32(2.0 ** -23)
-        u += np.float32(2.0 ** -24)
-        return torch.from_numpy(u)
+def open_uniform(word: torch.Tensor) -> torch.Tensor:
+    """float32 uniforms in ``(0, 1)``: the odd multiples of 2**-24, from the top 23 bits (the CPU's dense race forms
+    the same numbers from numpy words in :func:`negated_exponential`)."""
     return ((word >> 9) * 2 + 1).to(torch.float32) * (2.0 ** -24)
 
 
-def exponential(word: torch.Tensor | np.ndarray) -> torch.Tensor:
+def exponential(word: torch.Tensor) -> torch.Tensor:
     """Standard-exponential float32 draws ``-log(open_uniform(word))``, finite and positive."""
     return open_uniform(word).log_().neg_()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from anydecode import kernels
@@ -186,7 +187,8 @@ def test_race_with_uniform_instead_of_exponential_draws_is_rejected(monkeypatch)
     """Planted bug: ``argmax w / U`` with U uniform is not proportional to w (on the sparse race's exponentials
     and on the CPU's dense race, which divides by their negation)."""
     monkeypatch.setattr(rng, "exponential", rng.open_uniform)
-    monkeypatch.setattr(rng, "negated_exponential", lambda words: -rng.open_uniform(words).numpy())
+    monkeypatch.setattr(rng, "negated_exponential",
+                        lambda words: -rng.open_uniform(torch.from_numpy(words.astype(np.int64))).numpy())
     law = {i: float(w) for i, w in enumerate(WEIGHTS) if w > 0}
     assert not chi_square_test(race_samples(), law).passed(ALPHA)
 
